@@ -1,0 +1,907 @@
+"""Shared, tested helpers for the sentiment-LSTM notebook.
+
+Everything that is reusable and testable lives here: downloading and extracting the IMDB
+data, cleaning and tokenizing, the vocabulary, batching, the training and evaluation loops,
+checkpoints, metrics and plots. The notebook imports this module and tells the story; the
+LSTM itself, the thing being taught, stays in the notebook.
+
+Every use of torchtext is in this file, so that replacing torchtext touches nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import html
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchtext
+from torch import nn
+from tqdm import tqdm
+
+# torchtext warns at every import that 0.18 is its last release; the README says so once.
+torchtext.disable_torchtext_deprecation_warning()
+from torchtext.data.utils import get_tokenizer  # noqa: E402
+from torchtext.vocab import build_vocab_from_iterator  # noqa: E402
+from torchtext.vocab import vocab as vocab_from_ordered_dict  # noqa: E402
+
+REPO_DIR = Path(__file__).resolve().parent
+DATA_DIR = REPO_DIR / "data"
+SAMPLE_DIR = DATA_DIR / "sample" / "aclImdb"
+RUNS_DIR = REPO_DIR / "runs"
+FIGURES_DIR = REPO_DIR / "figures"
+
+# The authors' archive, the same URL and checksum torchtext's IMDB loader uses.
+IMDB_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
+IMDB_FOLDERS = ("train/pos", "train/neg", "test/pos", "test/neg")
+
+PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
+LABEL_NAMES = ("negative", "positive")
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What one notebook parameter accepts."""
+
+    kind: type | tuple[type, ...]
+    allowed: str
+    check: object = None  # a callable value -> bool, or None
+
+
+def _positive(value):
+    return value > 0
+
+
+PARAM_SPECS = {
+    "imdb_archive": ParamSpec(str, "a path to aclImdb_v1.tar.gz, or '' to download"),
+    "use_sample": ParamSpec(bool, "True or False"),
+    "valid_fraction": ParamSpec(float, "a fraction with 0 < value < 1", lambda v: 0 < v < 1),
+    "n_epochs": ParamSpec(int, "an integer >= 1 (0 only with init_checkpoint)", lambda v: v >= 0),
+    "patience": ParamSpec(int, "an integer >= 1", lambda v: v >= 1),
+    "batch_size": ParamSpec(int, "an integer >= 1", _positive),
+    "max_length": ParamSpec(int, "an integer >= 1", _positive),
+    "min_freq": ParamSpec(int, "an integer >= 1", _positive),
+    "max_vocab_size": ParamSpec(int, "an integer >= 3", lambda v: v >= 3),
+    "embedding_dim": ParamSpec(int, "an integer >= 1", _positive),
+    "hidden_dim": ParamSpec(int, "an integer >= 1", _positive),
+    "n_layers": ParamSpec(int, "an integer >= 1", _positive),
+    "bidirectional": ParamSpec(bool, "True or False"),
+    "pooling": ParamSpec(str, "'last', 'max' or 'mean'", lambda v: v in ("last", "max", "mean")),
+    "embedding_dropout": ParamSpec(float, "a float with 0 <= value < 1", lambda v: 0 <= v < 1),
+    "dropout": ParamSpec(float, "a float with 0 <= value < 1", lambda v: 0 <= v < 1),
+    "lr": ParamSpec(float, "a float > 0", _positive),
+    "clip_norm": ParamSpec(float, "a float > 0", _positive),
+    "seed": ParamSpec(int, "an integer >= 0", lambda v: v >= 0),
+    "device": ParamSpec(str, "'auto', 'cpu' or 'cuda'", lambda v: v in ("auto", "cpu", "cuda")),
+    "run_dir": ParamSpec(str, "a folder path, or '' for a new folder under runs/"),
+    "init_checkpoint": ParamSpec(str, "a checkpoint folder, or '' to train"),
+    "predict_file": ParamSpec(str, "a text file with one review per line, or ''"),
+}
+
+
+def validate_params(params):
+    """Check every notebook parameter and return them as a plain dict, or raise naming the bad one."""
+    missing = sorted(set(PARAM_SPECS) - set(params))
+    if missing:
+        raise ValueError(f"missing parameters: {', '.join(missing)}")
+    unknown = sorted(set(params) - set(PARAM_SPECS))
+    if unknown:
+        raise ValueError(f"unknown parameters: {', '.join(unknown)}; valid: {', '.join(PARAM_SPECS)}")
+    checked = {}
+    for name, spec in PARAM_SPECS.items():
+        value = params[name]
+        # papermill passes 1e-3 as a float but 1 as an int; accept an int where a float is asked.
+        if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        is_bool = isinstance(value, bool)
+        wrong_type = not isinstance(value, spec.kind) or (is_bool and spec.kind is not bool)
+        if wrong_type or (spec.check is not None and not spec.check(value)):
+            raise ValueError(f"parameter {name}={value!r} is not valid: expected {spec.allowed}")
+        checked[name] = value
+    if checked["n_epochs"] == 0 and not checked["init_checkpoint"]:
+        raise ValueError("parameter n_epochs=0 is only valid with init_checkpoint; expected n_epochs >= 1")
+    for name in ("imdb_archive", "init_checkpoint", "predict_file"):
+        if checked[name] and not Path(checked[name]).exists():
+            raise ValueError(f"parameter {name}={checked[name]!r} is not valid: no such file or folder")
+    if checked["device"] == "cuda" and not torch.cuda.is_available():
+        raise ValueError("parameter device='cuda' is not valid: no CUDA device is available; use 'auto' or 'cpu'")
+    return checked
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def set_seed(seed):
+    """Seed Python, numpy and torch so that a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def choose_device(name="auto"):
+    """Return the torch device for 'auto', 'cpu' or 'cuda' ('cuda' without a GPU is an error)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r} is not one of 'auto', 'cpu', 'cuda'")
+    return torch.device(name)
+
+
+def environment_info(device):
+    """Versions and hardware of this run, for metrics.json."""
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchtext": torchtext.__version__,
+        "numpy": np.__version__,
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def new_run_dir(run_dir="", runs_dir=RUNS_DIR):
+    """Create and return the folder for this run; refuse one that already holds a run."""
+    if not run_dir:
+        stamp = time.strftime("%Y-%m-%d_%H%M%S")
+        run_dir = Path(runs_dir) / stamp
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = Path(runs_dir) / f"{stamp}_{suffix}"
+    run_dir = Path(run_dir)
+    # papermill may already have written the executed notebook here; a run is its results.
+    if (run_dir / "metrics.json").exists() or (run_dir / "checkpoint").exists():
+        raise FileExistsError(f"run folder {run_dir} already holds a run; choose another run_dir or leave it empty")
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_atomic(path, data):
+    """Write bytes or text to path through a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj):
+    """Write obj as indented JSON, atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def md5sum(path, chunk_size=1 << 20):
+    """The MD5 hex digest of a file."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url, dest, md5=None, progress=True, timeout=60):
+    """Download url to dest with a progress bar; verify md5; rename into place only when complete."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except (urllib.error.URLError, OSError) as err:
+        raise ConnectionError(
+            f"could not download {url} ({err}). Without network access, download the archive "
+            "elsewhere and pass its path as the imdb_archive parameter or the IMDB_ARCHIVE "
+            "environment variable."
+        ) from err
+    total = int(response.headers.get("Content-Length") or 0) or None
+    try:
+        with response, open(partial, "wb") as out, tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", disable=not progress
+        ) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and partial.stat().st_size != total:
+            raise ConnectionError(f"download of {url} stopped after {partial.stat().st_size} of {total} bytes")
+        if md5 is not None:
+            actual = md5sum(partial)
+            if actual != md5:
+                raise ValueError(
+                    f"checksum mismatch for {url}: expected MD5 {md5}, got {actual}; "
+                    "the file was deleted, run again to download it anew"
+                )
+        os.replace(partial, dest)
+    finally:
+        # Whatever went wrong, never leave a partial file that looks like the archive.
+        partial.unlink(missing_ok=True)
+    return dest
+
+
+def _check_member(member, top):
+    """Raise if a tar member could write outside the extraction folder or is not a plain file/folder."""
+    name = member.name
+    parts = Path(name).parts
+    if name.startswith(("/", "\\")) or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(f"archive member {name!r} has an unsafe path (absolute or '..'); nothing was extracted")
+    if not (member.isfile() or member.isdir()):
+        raise ValueError(f"archive member {name!r} is a link or device, which is refused; nothing was extracted")
+    if parts and parts[0] != top:
+        raise ValueError(f"archive member {name!r} lies outside the {top}/ folder; nothing was extracted")
+
+
+def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb"):
+    """Extract the IMDB archive once into data_dir/aclImdb, safely and atomically; return that folder."""
+    archive, data_dir = Path(archive), Path(data_dir)
+    target = data_dir / top
+    if (target / ".complete").exists():
+        return target
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, top)
+            folders = {str(Path(m.name).parent) for m in members if m.isfile()}
+            missing = [f"{top}/{folder}" for folder in IMDB_FOLDERS if f"{top}/{folder}" not in folders]
+            if missing:
+                raise ValueError(f"{archive} is not the IMDB archive: it lacks {', '.join(missing)}")
+            data_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=".extracting-"))
+            try:
+                tar.extractall(staging, members=members, filter="data")
+                (staging / top / ".complete").touch()
+                if target.exists():  # an earlier, interrupted extraction: never trusted, replaced
+                    shutil.rmtree(target)
+                os.replace(staging / top, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    except (tarfile.TarError, EOFError, OSError) as err:
+        if isinstance(err, FileNotFoundError) and not archive.exists():
+            raise FileNotFoundError(f"IMDB archive {archive} does not exist") from err
+        raise ValueError(f"{archive} is truncated or not a valid tar.gz archive ({err})") from err
+    return target
+
+
+def prepare_imdb(archive="", data_dir=DATA_DIR, url=IMDB_URL, md5=IMDB_MD5):
+    """Return the extracted aclImdb folder: from a local archive if given, else downloaded once."""
+    data_dir = Path(data_dir)
+    if (data_dir / "aclImdb" / ".complete").exists():
+        return data_dir / "aclImdb"
+    if archive:
+        # A local copy may be repacked, so the authors' checksum applies only to our own download.
+        return extract_imdb(archive, data_dir)
+    downloaded = data_dir / "aclImdb_v1.tar.gz"
+    if not downloaded.exists():
+        download(url, downloaded, md5=md5)
+    return extract_imdb(downloaded, data_dir)
+
+
+def read_imdb(root, split):
+    """Read one split ('train' or 'test') as (texts, labels) with 1 = positive, in a fixed order."""
+    texts, labels = [], []
+    for label, folder in ((0, "neg"), (1, "pos")):
+        paths = sorted(Path(root, split, folder).glob("*.txt"), key=lambda p: p.name)
+        if not paths:
+            raise FileNotFoundError(f"no reviews found in {Path(root, split, folder)}")
+        for path in paths:
+            texts.append(path.read_text(encoding="utf-8"))
+            labels.append(label)
+    return texts, labels
+
+
+# --------------------------------------------------------------------------- text
+
+
+_BREAK = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
+_TAG = re.compile(r"<[^>]{0,200}>")
+
+
+def clean_text(text):
+    """Remove HTML line breaks and tags and decode entities such as &amp;."""
+    text = _BREAK.sub(" ", text)
+    text = _TAG.sub(" ", text)
+    return html.unescape(text)
+
+
+_basic_english = get_tokenizer("basic_english")
+
+
+def tokenize(text):
+    """Clean a review and split it into lower-case tokens with torchtext's basic_english tokenizer."""
+    return _basic_english(clean_text(text))
+
+
+def build_vocab(token_lists, min_freq=1, max_size=None):
+    """A torchtext vocabulary of the most frequent tokens, with <pad> = 0 and <unk> = 1 as default."""
+    vocab = build_vocab_from_iterator(
+        token_lists, min_freq=min_freq, specials=[PAD_TOKEN, UNK_TOKEN], special_first=True, max_tokens=max_size
+    )
+    vocab.set_default_index(vocab[UNK_TOKEN])
+    return vocab
+
+
+def vocab_from_tokens(itos):
+    """Rebuild a vocabulary from its list of tokens (index order), as saved in vocab.json."""
+    if len(itos) < 2 or itos[0] != PAD_TOKEN or itos[1] != UNK_TOKEN:
+        raise ValueError(f"a vocabulary must start with {PAD_TOKEN!r}, {UNK_TOKEN!r}; got {itos[:2]!r}")
+    if len(set(itos)) != len(itos):
+        raise ValueError("a vocabulary must not hold a token twice")
+    vocab = vocab_from_ordered_dict(collections.OrderedDict((token, 1) for token in itos), min_freq=1)
+    vocab.set_default_index(1)
+    return vocab
+
+
+def numericalize(tokens, vocab, max_length):
+    """Token ids for the first max_length tokens; unknown tokens map to <unk>."""
+    return vocab.lookup_indices(tokens[:max_length])
+
+
+def stratified_split(labels, valid_fraction, seed):
+    """Indices (train, valid) with the same label balance in both, reproducible from seed."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    train_idx, valid_idx = [], []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        n_valid = int(round(len(idx) * valid_fraction))
+        valid_idx.extend(idx[:n_valid].tolist())
+        train_idx.extend(idx[n_valid:].tolist())
+    return sorted(train_idx), sorted(valid_idx)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def pad_batch(sequences, pad_index=0):
+    """Right-pad id lists into a [batch, max_len] tensor; returns (tokens, lengths)."""
+    lengths = torch.tensor([max(len(s), 1) for s in sequences], dtype=torch.long)
+    tokens = torch.full((len(sequences), int(lengths.max())), pad_index, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return tokens, lengths
+
+
+class BucketBatches:
+    """Batches of reviews of similar length, so that little compute is spent on padding.
+
+    For training, examples are shuffled, then sorted by length within pools of
+    `pool_batches` batches, and the batches are shuffled again: every epoch sees a new order
+    while each batch holds reviews of nearly equal length. Without shuffling, batches follow
+    length order. The last, smaller batch is kept, so every review is used.
+    """
+
+    def __init__(self, sequences, labels, batch_size, shuffle=False, seed=0, pool_batches=50, pad_index=0):
+        if len(sequences) != len(labels):
+            raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
+        self.sequences, self.labels = sequences, labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.pool_size, self.pad_index = batch_size * pool_batches, pad_index
+        self.epoch = 0
+
+    def __len__(self):
+        return math.ceil(len(self.sequences) / self.batch_size)
+
+    def padding_fraction(self):
+        """The share of token slots in this epoch's batches that are padding."""
+        lengths = np.array([max(len(s), 1) for s in self.sequences])
+        batches = self.batch_indices()
+        padded = sum(len(idx) * lengths[idx].max() for idx in batches)
+        return 1 - lengths.sum() / padded
+
+    def batch_indices(self):
+        """The example indices of each batch, for this epoch."""
+        lengths = np.array([len(s) for s in self.sequences])
+        if not self.shuffle:
+            order = np.argsort(lengths, kind="stable")
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(lengths))
+        batches = []
+        for start in range(0, len(order), self.pool_size):
+            pool = order[start : start + self.pool_size]
+            pool = pool[np.argsort(lengths[pool], kind="stable")]
+            batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        for idx in self.batch_indices():
+            tokens, lengths = pad_batch([self.sequences[i] for i in idx], self.pad_index)
+            yield tokens, lengths, torch.tensor([self.labels[i] for i in idx], dtype=torch.float32), idx
+        self.epoch += 1
+
+
+# --------------------------------------------------------------------------- model parts
+
+
+def reverse_padded(x, lengths):
+    """Reverse each sequence's first `length` steps, leaving the padding at the end.
+
+    x: [batch, seq_len, features]. Running an LSTM over the result reads every review
+    backwards without ever reading padding before a real word. Applying it twice gives x back.
+    """
+    seq_len = x.size(1)
+    positions = torch.arange(seq_len, device=x.device).unsqueeze(0)  # [1, seq_len]
+    lengths = lengths.to(x.device).unsqueeze(1)  # [batch, 1]
+    index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # [batch, seq_len]
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+def padding_mask(lengths, seq_len):
+    """A [batch, seq_len] bool mask, True at real tokens."""
+    return torch.arange(seq_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def pool_over_time(outputs, lengths, how):
+    """Summarise [batch, seq_len, features] LSTM outputs per review, ignoring padding.
+
+    'last': the output at each review's last real token; 'max': the largest value of each
+    feature over the real tokens; 'mean': their average.
+    """
+    lengths = lengths.to(outputs.device)
+    if how == "last":
+        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
+        return outputs.gather(1, index).squeeze(1)
+    mask = padding_mask(lengths, outputs.size(1)).unsqueeze(-1)  # [batch, seq_len, 1]
+    if how == "max":
+        return outputs.masked_fill(~mask, float("-inf")).max(dim=1).values
+    if how == "mean":
+        return (outputs * mask).sum(dim=1) / lengths.unsqueeze(1).to(outputs.dtype)
+    raise ValueError(f"pooling={how!r} is not one of 'last', 'max', 'mean'")
+
+
+def count_parameters(model):
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def run_epoch(model, batches, loss_fn, device, optimizer=None, clip_norm=None, desc=None):
+    """One pass over batches: trains if an optimizer is given, else evaluates. Returns (loss, accuracy).
+
+    With a desc, a progress bar shows the running loss and accuracy.
+    """
+    training = optimizer is not None
+    model.train(training)
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(batches, desc=desc, disable=desc is None, mininterval=2.0, file=sys.stderr)
+    with torch.set_grad_enabled(training):
+        for tokens, lengths, labels, _ in bar:
+            tokens, labels = tokens.to(device), labels.to(device)
+            logits = model(tokens, lengths)
+            loss = loss_fn(logits, labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_norm:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+                optimizer.step()
+            total_loss += loss.item() * len(labels)
+            correct += ((logits > 0).float() == labels).sum().item()
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+    return total_loss / seen, correct / seen
+
+
+def fit(model, train_batches, valid_batches, *, n_epochs, lr, device, checkpoint_dir, vocab=None, config=None,
+        clip_norm=1.0, patience=2):
+    """Train with Adam and binary cross-entropy; keep the best weights by validation loss.
+
+    Prints one line per epoch, stops early after `patience` epochs without a better validation
+    loss, and on KeyboardInterrupt stops cleanly: the best checkpoint and the history so far
+    are kept. Returns the history, a dict of lists, plus 'best_epoch', 'seconds' and
+    'interrupted'.
+    """
+    loss_fn = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = {"epoch": [], "train_loss": [], "train_acc": [], "valid_loss": [], "valid_acc": [], "seconds": []}
+    best_loss, best_epoch, interrupted = float("inf"), 0, False
+    start = time.perf_counter()
+    try:
+        for epoch in range(1, n_epochs + 1):
+            epoch_start = time.perf_counter()
+            train_loss, train_acc = run_epoch(model, train_batches, loss_fn, device, optimizer, clip_norm,
+                                              desc=f"epoch {epoch}/{n_epochs} train")
+            valid_loss, valid_acc = run_epoch(model, valid_batches, loss_fn, device)
+            seconds = time.perf_counter() - epoch_start
+            for key, value in zip(history, (epoch, train_loss, train_acc, valid_loss, valid_acc, seconds), strict=True):
+                history[key].append(value)
+            improved = valid_loss < best_loss
+            if improved:
+                best_loss, best_epoch = valid_loss, epoch
+                save_checkpoint(checkpoint_dir, model, vocab, config)
+            print(f"epoch {epoch}/{n_epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                  f"valid loss {valid_loss:.4f} acc {valid_acc:.4f} | {seconds:.0f} s"
+                  + ("  * best so far, saved" if improved else ""), flush=True)
+            if epoch - best_epoch >= patience:
+                print(f"early stop: no better validation loss for {patience} epochs", flush=True)
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        if best_epoch:
+            print(f"interrupted: keeping the best checkpoint (epoch {best_epoch}) and the history so far", flush=True)
+        else:
+            print("interrupted before the first epoch ended: no checkpoint was saved", flush=True)
+    history.update(best_epoch=best_epoch, seconds=time.perf_counter() - start, interrupted=interrupted)
+    return history
+
+
+@torch.no_grad()
+def predict_logits(model, batches, device):
+    """The model's logit for every example of batches, in the examples' original order."""
+    model.eval()
+    logits = np.zeros(len(batches.sequences), dtype=np.float64)
+    for tokens, lengths, _, idx in batches:
+        logits[idx] = model(tokens.to(device), lengths).double().cpu().numpy()
+    return logits
+
+
+def sigmoid(logits):
+    """The logistic function, for numpy arrays of logits."""
+    return np.exp(-np.logaddexp(0, -np.asarray(logits, dtype=np.float64)))  # no overflow for large |logit|
+
+
+def predict_batches(model, batches, device):
+    """Probabilities of 'positive' for every example of batches, in the examples' original order."""
+    return sigmoid(predict_logits(model, batches, device))
+
+
+def binary_metrics(probs, labels, threshold=0.5):
+    """Loss, accuracy, precision, recall, F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    predicted = probs >= threshold
+    tp = int(np.sum(predicted & (labels == 1)))
+    tn = int(np.sum(~predicted & (labels == 0)))
+    fp = int(np.sum(predicted & (labels == 0)))
+    fn = int(np.sum(~predicted & (labels == 1)))
+    eps = 1e-7  # keeps log(0) finite, as torch's BCE loss clamps it
+    clipped = np.clip(probs, eps, 1 - eps)
+    loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"loss": loss, "accuracy": (tp + tn) / len(labels), "precision": precision, "recall": recall,
+            "f1": f1, "confusion_matrix": [[tn, fp], [fn, tp]]}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(folder, model, vocab=None, config=None):
+    """Save weights (weights.pt) and, if given, the vocabulary and model config as JSON, atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if vocab is not None:
+        write_json(folder / "vocab.json", vocab.get_itos())
+    if config is not None:
+        write_json(folder / "config.json", config)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".weights.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, folder / "weights.pt")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(folder):
+    """Load (state_dict, vocab, config) from a checkpoint folder, without unpickling any code."""
+    folder = Path(folder)
+    for name in ("weights.pt", "vocab.json", "config.json"):
+        if not (folder / name).exists():
+            raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
+    state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+    vocab = vocab_from_tokens(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return state, vocab, config
+
+
+def load_weights(model, state):
+    """Load a state_dict into model, or raise naming the parts whose names or shapes differ."""
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise ValueError("checkpoint does not match the model: " + "; ".join(problems))
+    model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@torch.no_grad()
+def predict_proba(model, texts, vocab, max_length, device, batch_size=256):
+    """Probability of 'positive' for each text; each review is read up to its first max_length tokens."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"a review must be a str, got {type(text).__name__} (item {i})")
+        if not text.strip():
+            raise ValueError(f"review {i} is empty or only whitespace; there is nothing to classify")
+    encoded = [numericalize(tokenize(t), vocab, max_length) or [vocab[UNK_TOKEN]] for t in texts]
+    batches = BucketBatches(encoded, [0] * len(encoded), batch_size)
+    return predict_batches(model, batches, device)
+
+
+def known_fraction(text, vocab):
+    """The share of a text's tokens that the vocabulary knows."""
+    tokens = tokenize(text)
+    unk = vocab[UNK_TOKEN]
+    return sum(vocab[t] != unk for t in tokens) / max(len(tokens), 1)
+
+
+def write_predictions(path, line_numbers, reviews, probabilities):
+    """Write predictions.csv: line number, label, probability of positive and the review."""
+    rows = ["line,label,prob_positive,review"]
+    for number, review, prob in zip(line_numbers, reviews, probabilities, strict=True):
+        quoted = '"' + review.replace('"', '""') + '"'
+        rows.append(f"{number},{LABEL_NAMES[int(prob >= 0.5)]},{prob:.6f},{quoted}")
+    write_atomic(path, "\n".join(rows) + "\n")
+
+
+def read_review_file(path):
+    """Read one review per line: returns (reviews, their line numbers, skipped blank line numbers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predict_file {path} does not exist or is not a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"predict_file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    reviews, numbers, skipped = [], [], []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            reviews.append(line)
+            numbers.append(number)
+        else:
+            skipped.append(number)
+    if not reviews:
+        raise ValueError(f"predict_file {path} holds no review: every line is blank")
+    return reviews, numbers, skipped
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def integrated_gradients(model, token_ids, device, steps=64):
+    """Each token's contribution to the logit, by integrated gradients on the embeddings.
+
+    The baseline is the same review made only of <pad> tokens, whose embeddings are zero. The
+    gradient of the logit is averaged along the straight path from the baseline to the review's
+    embeddings (trapezoid rule over `steps` intervals) and multiplied by the embedding, summed
+    over its dimensions. By completeness the contributions add up to logit(review) minus
+    logit(baseline). The model must offer forward_embedded(embedded, lengths).
+    Returns (contributions, logit, baseline_logit).
+    """
+    model.eval()
+    tokens = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, seq_len]
+    lengths = torch.tensor([len(token_ids)])
+    with torch.no_grad():
+        embedded = model.embedding(tokens)  # [1, seq_len, embedding_dim]
+        baseline = model.embedding(torch.full_like(tokens, model.embedding.padding_idx))
+    alphas = torch.linspace(0, 1, steps + 1, device=device).view(-1, 1, 1)  # [steps + 1, 1, 1]
+    path = (baseline + alphas * (embedded - baseline)).requires_grad_(True)  # [steps + 1, seq_len, dim]
+    # cuDNN computes LSTM gradients only in training mode; the plain kernels work in eval mode.
+    with torch.backends.cudnn.flags(enabled=False):
+        logits = model.forward_embedded(path, lengths.expand(steps + 1))
+        (gradients,) = torch.autograd.grad(logits.sum(), path)
+    weights = torch.full((steps + 1, 1, 1), 1.0 / steps, device=device)
+    weights[0] = weights[-1] = 0.5 / steps  # trapezoid rule
+    average_gradient = (gradients * weights).sum(dim=0)  # [seq_len, dim]
+    contributions = ((embedded[0] - baseline[0]) * average_gradient).sum(dim=1)  # [seq_len]
+    return contributions.detach().cpu().numpy(), float(logits[-1]), float(logits[0])
+
+
+def attribution_html(tokens, contributions):
+    """The tokens as HTML, shaded green for positive and red for negative contributions."""
+    scale = max(float(np.max(np.abs(contributions))), 1e-9)
+    spans = []
+    for token, value in zip(tokens, contributions, strict=True):
+        alpha = min(abs(value) / scale, 1.0)
+        color = f"rgba(0, 150, 0, {alpha:.2f})" if value > 0 else f"rgba(210, 0, 0, {alpha:.2f})"
+        spans.append(f'<span title="{value:+.3f}" style="background:{color};padding:1px 2px;'
+                     f'border-radius:3px">{html.escape(token)}</span>')
+    return '<div style="line-height:1.9;font-family:sans-serif">' + " ".join(spans) + "</div>"
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def expected_calibration_error(probs, labels, n_bins=10):
+    """ECE of the predicted label's confidence (Guo et al., 2017), with equal-width bins on [0.5, 1].
+
+    Returns (ece, bins), where bins lists (mean confidence, accuracy, count) per non-empty bin.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    confidence = np.maximum(probs, 1 - probs)
+    correct = (probs >= 0.5) == (labels == 1)
+    edges = np.linspace(0.5, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece, bins = 0.0, []
+    for b in range(n_bins):
+        in_bin = which == b
+        if in_bin.any():
+            conf, acc = confidence[in_bin].mean(), correct[in_bin].mean()
+            ece += in_bin.mean() * abs(acc - conf)
+            bins.append((float(conf), float(acc), int(in_bin.sum())))
+    return float(ece), bins
+
+
+def fit_temperature(logits, labels):
+    """The temperature T > 0 that minimises the log loss of sigmoid(logits / T) on held-out data."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+
+    def log_loss(t):
+        z = logits / t
+        return np.mean(np.logaddexp(0, z) - labels * z)  # -log-likelihood, stable for large |z|
+
+    # The loss is smooth in log T: a coarse grid, then a fine one around its best point.
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 400))
+    best = grid[np.argmin([log_loss(t) for t in grid])]
+    fine = best * np.exp(np.linspace(-0.02, 0.02, 401))
+    return float(fine[np.argmin([log_loss(t) for t in fine])])
+
+
+def accuracy_by_length(token_counts, probs, labels, n_bins=5):
+    """Accuracy in length bins of equal size: returns (bin labels, accuracies, counts)."""
+    token_counts, labels = np.asarray(token_counts), np.asarray(labels)
+    correct = (np.asarray(probs) >= 0.5) == (labels == 1)
+    edges = np.unique(np.floor(np.quantile(token_counts, np.linspace(0, 1, n_bins + 1)))).astype(int)
+    names, accuracies, counts = [], [], []
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        last = high == edges[-1]  # the last bin includes its upper edge, the others stop below it
+        in_bin = (token_counts >= low) & ((token_counts <= high) if last else (token_counts < high))
+        names.append(f"{low}–{high if last else high - 1}")
+        accuracies.append(float(correct[in_bin].mean()))
+        counts.append(int(in_bin.sum()))
+    return names, accuracies, counts
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_history(history, path=None):
+    """Training against validation loss and accuracy per epoch, in two panels."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, title in ((axes[0], "loss", "binary cross-entropy"), (axes[1], "acc", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="training")
+        ax.plot(history["epoch"], history[f"valid_{metric}"], "o-", label="validation")
+        ax.axvline(history.get("best_epoch", 0) or float("nan"), color="grey", ls=":", label="best epoch")
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_lengths(token_counts, max_length, path=None):
+    """Histogram of review lengths in tokens, with the truncation length marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.hist(token_counts, bins=60, color="tab:blue")
+    ax.axvline(max_length, color="tab:red", ls="--", label=f"max_length = {max_length}")
+    ax.set(xlabel="tokens per review", ylabel="reviews", title="Review lengths (training split)")
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(matrix, path=None):
+    """The confusion matrix as an annotated heat map."""
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(col, row, f"{count:,}", ha="center", va="center", color=color)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABEL_NAMES, yticklabels=LABEL_NAMES,
+           xlabel="predicted", ylabel="true", title="Test set confusion matrix")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_attributions(tokens, contributions, title, path=None, width_in_chars=110):
+    """The review's words shaded by contribution (green: towards positive, red: towards negative)."""
+    import matplotlib.pyplot as plt
+
+    # Flow the words into lines by their length in characters, as a text would wrap.
+    lines, line, used = [], [], 0
+    for token, value in zip(tokens, contributions, strict=True):
+        if line and used + len(token) + 1 > width_in_chars:
+            lines.append(line)
+            line, used = [], 0
+        line.append((used, token, value))
+        used += len(token) + 2
+    lines.append(line)
+    scale = max(float(np.max(np.abs(contributions))), 1e-9)
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(lines) + 0.7))
+    ax.set_axis_off()
+    ax.set_title(title, loc="left", fontsize=10)
+    for row, words in enumerate(lines):
+        for column, token, value in words:
+            color = (0.0, 0.59, 0.0) if value > 0 else (0.82, 0.0, 0.0)
+            ax.text(column / width_in_chars, 1 - (row + 0.5) / len(lines), token, fontsize=10, family="monospace",
+                    ha="left", va="center",
+                    bbox={"facecolor": (*color, min(abs(value) / scale, 1.0)), "edgecolor": "none", "pad": 1.2})
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_accuracy_by_length(names, accuracies, counts, path=None):
+    """Test accuracy per review-length bin."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    bars = ax.bar(names, accuracies, color="tab:blue")
+    for bar, count in zip(bars, counts, strict=True):
+        ax.annotate(f"{count:,} reviews", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set(xlabel="review length in tokens", ylabel="test accuracy", ylim=(min(accuracies) - 0.05, 1.0),
+           title="Accuracy by review length")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_reliability(curves, path=None):
+    """Reliability diagram: accuracy against confidence per bin, for each named set of bins."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.plot([0.5, 1], [0.5, 1], color="grey", ls=":", label="perfect calibration")
+    for name, bins in curves.items():
+        confidence, accuracy, _ = zip(*bins, strict=True)
+        ax.plot(confidence, accuracy, "o-", label=name)
+    ax.set(xlabel="confidence of the predicted label", ylabel="accuracy", title="Reliability on the test set")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path):
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig

@@ -1,0 +1,74 @@
+"""Explanations (integrated gradients), calibration and error analysis helpers."""
+
+import numpy as np
+import pytest
+import torch
+
+import helpers
+from conftest import TinyModel
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
+def test_integrated_gradients_have_one_finite_score_per_token_and_are_complete(pooling):
+    torch.manual_seed(1)
+    model = TinyModel(vocab_size=30, dim=6, pooling=pooling)
+    token_ids = [3, 17, 5, 9, 22, 4, 11]
+    contributions, logit, baseline_logit = helpers.integrated_gradients(model, token_ids, "cpu", steps=128)
+    assert contributions.shape == (7,) and np.all(np.isfinite(contributions))
+    with torch.no_grad():
+        assert logit == pytest.approx(float(model(torch.tensor([token_ids]), torch.tensor([7]))), abs=1e-5)
+        pads = torch.zeros(1, 7, dtype=torch.long)
+        assert baseline_logit == pytest.approx(float(model(pads, torch.tensor([7]))), abs=1e-5)
+    # Completeness: the contributions add up to the change in logit from the baseline.
+    assert contributions.sum() == pytest.approx(logit - baseline_logit, abs=0.01 * max(1, abs(logit)))
+
+
+def test_a_token_the_model_ignores_gets_no_credit():
+    model = TinyModel(vocab_size=30, dim=6)
+    with torch.no_grad():
+        model.embedding.weight[5] = 0  # token 5 looks exactly like padding
+    contributions, *_ = helpers.integrated_gradients(model, [3, 5, 7], "cpu")
+    assert contributions[1] == 0
+
+
+def test_attribution_html_escapes_tokens_and_colours_by_sign():
+    page = helpers.attribution_html(["<b>", "bad"], np.array([0.5, -1.0]))
+    assert "&lt;b&gt;" in page and "<b>" not in page
+    assert "rgba(0, 150, 0, 0.50)" in page and "rgba(210, 0, 0, 1.00)" in page
+
+
+def test_expected_calibration_error_on_a_hand_made_example():
+    # Bin 0.5-0.55: two predictions with confidence 0.52, one right -> |0.5 - 0.52| weighted 2/5.
+    # Bin 0.95-1.0: three with confidence 0.98 (two say positive, one negative), all right -> 0.02 weighted 3/5.
+    probs = [0.52, 0.48, 0.98, 0.98, 0.02]
+    labels = [1, 1, 1, 1, 0]
+    ece, bins = helpers.expected_calibration_error(probs, labels, n_bins=10)
+    assert ece == pytest.approx(2 / 5 * 0.02 + 3 / 5 * 0.02)
+    assert bins == [(pytest.approx(0.52), 0.5, 2), (pytest.approx(0.98), 1.0, 3)]
+
+
+def test_a_perfectly_calibrated_model_has_almost_no_ece():
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 1, 200_000)
+    labels = (rng.uniform(0, 1, probs.size) < probs).astype(int)
+    assert helpers.expected_calibration_error(probs, labels)[0] < 0.005
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_logits_overconfident():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, 50_000)
+    labels = (rng.uniform(0, 1, true_logits.size) < helpers.sigmoid(true_logits)).astype(int)
+    assert helpers.fit_temperature(3 * true_logits, labels) == pytest.approx(3, rel=0.05)
+    assert helpers.fit_temperature(true_logits, labels) == pytest.approx(1, rel=0.05)
+
+
+def test_sigmoid_is_stable_for_large_logits():
+    assert helpers.sigmoid(np.array([-800.0, 0.0, 800.0])).tolist() == [0.0, 0.5, 1.0]
+
+
+def test_accuracy_by_length_bins_cover_every_review():
+    counts = np.arange(1, 101)
+    probs = np.where(counts >= 50, 0.9, 0.1)  # right exactly for the reviews of 50 tokens and more
+    names, accuracies, sizes = helpers.accuracy_by_length(counts, probs, labels=[1] * 100, n_bins=2)
+    assert names == ["1–49", "50–100"] and sizes == [49, 51]
+    assert accuracies == [0.0, 1.0]

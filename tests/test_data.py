@@ -1,0 +1,125 @@
+"""Downloading, checksums and safe extraction of the IMDB archive."""
+
+import hashlib
+import tarfile
+
+import pytest
+
+import helpers
+from conftest import imdb_files, make_archive
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+def test_download_writes_the_file_and_checks_its_md5(http_server, tmp_path):
+    body = b"archive bytes" * 1000
+    http_server.routes["/a.tar.gz"] = (body, None)
+    dest = helpers.download(f"{http_server.url}/a.tar.gz", tmp_path / "a.tar.gz", md5=md5(body), progress=False)
+    assert dest.read_bytes() == body
+    assert list(tmp_path.iterdir()) == [dest]
+
+
+def test_checksum_mismatch_deletes_the_file_and_names_both_checksums(http_server, tmp_path):
+    http_server.routes["/a.tar.gz"] = (b"tampered", None)
+    with pytest.raises(ValueError, match=f"expected MD5 {'0' * 32}, got {md5(b'tampered')}"):
+        helpers.download(f"{http_server.url}/a.tar.gz", tmp_path / "a.tar.gz", md5="0" * 32, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_download_leaves_nothing_that_looks_complete(http_server, tmp_path):
+    http_server.routes["/a.tar.gz"] = (b"only part", 10_000)  # the server promises more than it sends
+    with pytest.raises((ConnectionError, OSError)):
+        helpers.download(f"{http_server.url}/a.tar.gz", tmp_path / "a.tar.gz", progress=False, timeout=5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_network_names_the_url_and_the_local_archive_option(tmp_path):
+    url = "http://127.0.0.1:9/aclImdb_v1.tar.gz"  # port 9 (discard) is closed here
+    with pytest.raises(ConnectionError, match="127.0.0.1:9.*imdb_archive.*IMDB_ARCHIVE"):
+        helpers.download(url, tmp_path / "a.tar.gz", progress=False, timeout=5)
+
+
+def test_prepare_imdb_downloads_once_and_then_reuses_the_extraction(http_server, tmp_path):
+    archive = make_archive(tmp_path / "src.tar.gz", imdb_files())
+    body = archive.read_bytes()
+    http_server.routes["/imdb.tar.gz"] = (body, None)
+    data_dir = tmp_path / "data"
+    root = helpers.prepare_imdb(data_dir=data_dir, url=f"{http_server.url}/imdb.tar.gz", md5=md5(body))
+    texts, labels = helpers.read_imdb(root, "train")
+    assert len(texts) == 4 and labels == [0, 0, 1, 1]
+    del http_server.routes["/imdb.tar.gz"]  # a second call must not need the server
+    assert helpers.prepare_imdb(data_dir=data_dir, url=f"{http_server.url}/imdb.tar.gz") == root
+
+
+def test_a_local_archive_is_extracted_without_a_download(tiny_archive, tmp_path):
+    root = helpers.prepare_imdb(tiny_archive, data_dir=tmp_path / "data")
+    assert (root / "train" / "pos" / "0_5.txt").read_text().startswith("A great film")
+    assert not (tmp_path / "data" / "aclImdb_v1.tar.gz").exists()
+
+
+def test_a_missing_local_archive_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.tar.gz"):
+        helpers.extract_imdb(tmp_path / "nowhere.tar.gz", tmp_path / "data")
+
+
+def test_a_truncated_archive_gives_a_clear_error_and_no_dataset(tiny_archive, tmp_path):
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(tiny_archive.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated or not a valid"):
+        helpers.extract_imdb(truncated, tmp_path / "data")
+    assert not (tmp_path / "data" / "aclImdb").exists()
+
+
+def _member(name, kind=tarfile.REGTYPE, link=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (_member("/etc/evil"), "unsafe path"),
+    (_member("aclImdb/../../evil"), "unsafe path"),
+    (_member("aclImdb/link", tarfile.SYMTYPE, "/etc/passwd"), "link or device"),
+    (_member("aclImdb/hard", tarfile.LNKTYPE, "aclImdb/README"), "link or device"),
+    (_member("aclImdb/dev", tarfile.CHRTYPE), "link or device"),
+])
+def test_unsafe_members_are_refused_before_anything_is_written(tmp_path, bad, reason):
+    archive = make_archive(tmp_path / "bad.tar.gz", imdb_files(), extra_members=[bad])
+    data_dir = tmp_path / "data"
+    with pytest.raises(ValueError, match=reason):
+        helpers.extract_imdb(archive, data_dir)
+    assert not data_dir.exists()
+
+
+def test_an_archive_without_the_imdb_layout_says_what_is_missing(tmp_path):
+    files = {k: v for k, v in imdb_files().items() if "/test/neg/" not in k}
+    archive = make_archive(tmp_path / "partial.tar.gz", files)
+    with pytest.raises(ValueError, match="lacks aclImdb/test/neg"):
+        helpers.extract_imdb(archive, tmp_path / "data")
+
+
+def test_an_interrupted_extraction_is_not_trusted_and_is_redone(tiny_archive, tmp_path, monkeypatch):
+    data_dir = tmp_path / "data"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tarfile.TarFile, "extractall", crash)
+        with pytest.raises(KeyboardInterrupt):
+            helpers.extract_imdb(tiny_archive, data_dir)
+    assert not (data_dir / "aclImdb").exists()
+    assert [p.name for p in data_dir.iterdir()] == []  # the staging folder is gone too
+    root = helpers.extract_imdb(tiny_archive, data_dir)
+    assert (root / ".complete").exists()
+    assert len(helpers.read_imdb(root, "test")[0]) == 4
+
+
+def test_a_half_extracted_folder_from_an_older_crash_is_replaced(tiny_archive, tmp_path):
+    stale = tmp_path / "data" / "aclImdb" / "train" / "pos"
+    stale.mkdir(parents=True)
+    (stale / "junk.txt").write_text("half")
+    root = helpers.prepare_imdb(tiny_archive, data_dir=tmp_path / "data")
+    assert not (root / "train" / "pos" / "junk.txt").exists()

@@ -1,0 +1,216 @@
+"""Parameters, predictions, checkpoints, run folders and interrupted training."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import helpers
+from conftest import TinyModel
+
+DEFAULTS = dict(
+    imdb_archive="", use_sample=True, valid_fraction=0.1, n_epochs=1, patience=2, batch_size=8, max_length=50,
+    min_freq=1, max_vocab_size=100, embedding_dim=8, hidden_dim=8, n_layers=1, bidirectional=True,
+    pooling="max", embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0, device="cpu", run_dir="",
+    init_checkpoint="", predict_file="",
+)
+
+
+def test_valid_parameters_pass_and_an_int_learning_rate_becomes_a_float():
+    checked = helpers.validate_params(dict(DEFAULTS, lr=1))
+    assert checked["lr"] == 1.0 and isinstance(checked["lr"], float)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("n_epochs", 0, "n_epochs=0 is only valid with init_checkpoint"),
+    ("n_epochs", 2.5, "n_epochs=2.5 is not valid: expected an integer"),
+    ("dropout", 1.0, "dropout=1.0 is not valid: expected a float with 0 <= value < 1"),
+    ("lr", -0.1, "lr=-0.1 is not valid"),
+    ("hidden_dim", 0, "hidden_dim=0 is not valid"),
+    ("bidirectional", "yes", "bidirectional='yes' is not valid: expected True or False"),
+    ("batch_size", True, "batch_size=True is not valid"),
+    ("device", "tpu", "device='tpu' is not valid: expected 'auto', 'cpu' or 'cuda'"),
+    ("pooling", "min", "pooling='min' is not valid"),
+    ("imdb_archive", "/no/such/archive.tar.gz", "imdb_archive='/no/such/archive.tar.gz' is not valid: no such"),
+    ("predict_file", "/no/such/file.txt", "predict_file='/no/such/file.txt' is not valid"),
+])
+def test_a_bad_parameter_is_named_with_its_value_and_what_is_allowed(name, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        helpers.validate_params(dict(DEFAULTS, **{name: value}))
+
+
+def test_unknown_and_missing_parameters_are_listed():
+    with pytest.raises(ValueError, match="unknown parameters: hiden_dim; valid: imdb_archive"):
+        helpers.validate_params(dict(DEFAULTS, hiden_dim=8))
+    with pytest.raises(ValueError, match="missing parameters: seed"):
+        helpers.validate_params({k: v for k, v in DEFAULTS.items() if k != "seed"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_an_error_not_a_fallback():
+    with pytest.raises(ValueError, match="no CUDA device"):
+        helpers.validate_params(dict(DEFAULTS, device="cuda"))
+    with pytest.raises(ValueError, match="no CUDA device"):
+        helpers.choose_device("cuda")
+    assert helpers.choose_device("auto").type == "cpu"
+
+
+@pytest.fixture
+def vocab():
+    return helpers.build_vocab([["great", "film", "awful", "plot", "."]])
+
+
+def test_predict_proba_refuses_empty_and_non_string_reviews(tiny_model, vocab):
+    with pytest.raises(ValueError, match="review 1 is empty or only whitespace"):
+        helpers.predict_proba(tiny_model, ["fine", "  \n\t"], vocab, 20, "cpu")
+    with pytest.raises(TypeError, match="must be a str, got int"):
+        helpers.predict_proba(tiny_model, [42], vocab, 20, "cpu")
+
+
+def test_predict_proba_handles_unknown_words_html_emoji_other_scripts_and_huge_reviews(tiny_model, vocab):
+    texts = ["zorblax quonk", "<b>great</b> film 😀", "Фильм 映画 great", "great " * 100_000]
+    probs = helpers.predict_proba(tiny_model, texts, vocab, 20, "cpu")
+    assert probs.shape == (4,) and np.all((probs > 0) & (probs < 1))
+    assert helpers.known_fraction("zorblax quonk", vocab) == 0
+    # Only the first max_length tokens are read, so a huge review equals its first 20 words.
+    assert probs[3] == pytest.approx(helpers.predict_proba(tiny_model, ["great " * 20], vocab, 20, "cpu")[0])
+
+
+def test_predict_proba_returns_to_eval_mode_and_keeps_results_stable(tiny_model, vocab):
+    tiny_model.train()
+    first = helpers.predict_proba(tiny_model, ["great film", "awful plot"], vocab, 20, "cpu")
+    assert not tiny_model.training
+    assert np.array_equal(first, helpers.predict_proba(tiny_model, ["great film", "awful plot"], vocab, 20, "cpu"))
+
+
+def test_read_review_file_reports_skipped_blank_lines(tmp_path):
+    path = tmp_path / "reviews.txt"
+    path.write_text("good one\n\n   \nbad one\n", encoding="utf-8")
+    assert helpers.read_review_file(path) == (["good one", "bad one"], [1, 4], [2, 3])
+
+
+def test_read_review_file_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        helpers.read_review_file(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="holds no review"):
+        helpers.read_review_file(tmp_path / "empty.txt")
+    (tmp_path / "latin1.txt").write_bytes("café très bien".encode("latin-1"))
+    with pytest.raises(ValueError, match="not UTF-8"):
+        helpers.read_review_file(tmp_path / "latin1.txt")
+
+
+def test_write_predictions_quotes_reviews(tmp_path):
+    helpers.write_predictions(tmp_path / "p.csv", [3], ['say "hi", then go'], np.array([0.75]))
+    assert (tmp_path / "p.csv").read_text().splitlines() == [
+        "line,label,prob_positive,review", '3,positive,0.750000,"say ""hi"", then go"']
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_model, vocab):
+    helpers.save_checkpoint(tmp_path / "ck", tiny_model, vocab, {"model": {"dim": 8}, "max_length": 20})
+    state, loaded_vocab, config = helpers.load_checkpoint(tmp_path / "ck")
+    fresh = TinyModel()
+    helpers.load_weights(fresh, state)
+    pairs = zip(fresh.state_dict().values(), tiny_model.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert loaded_vocab.get_itos() == vocab.get_itos() and config["max_length"] == 20
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "vocab.json", "weights.pt"]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, tiny_model, vocab, monkeypatch):
+    helpers.save_checkpoint(tmp_path / "ck", tiny_model, vocab, {})
+    before = (tmp_path / "ck" / "weights.pt").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        helpers.save_checkpoint(tmp_path / "ck", tiny_model)
+    assert (tmp_path / "ck" / "weights.pt").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "vocab.json", "weights.pt"]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this code ran",))
+
+
+def test_checkpoints_never_unpickle_code(tmp_path, tiny_model, vocab):
+    helpers.save_checkpoint(tmp_path / "ck", tiny_model, vocab, {})
+    with open(tmp_path / "ck" / "weights.pt", "wb") as f:
+        pickle.dump({"weights": Payload()}, f)
+    with pytest.raises(pickle.UnpicklingError):
+        helpers.load_checkpoint(tmp_path / "ck")
+
+
+def test_a_mismatched_checkpoint_names_the_parts_that_differ(tiny_model):
+    with pytest.raises(ValueError, match=r"embedding.weight: checkpoint \(50, 8\) vs model \(60, 8\)"):
+        helpers.load_weights(TinyModel(vocab_size=60), tiny_model.state_dict())
+    state = dict(tiny_model.state_dict(), extra=torch.zeros(1))
+    del state["fc.bias"]
+    with pytest.raises(ValueError, match="missing fc.bias; unexpected extra"):
+        helpers.load_weights(TinyModel(), state)
+
+
+def test_a_checkpoint_missing_a_file_is_named(tmp_path, tiny_model, vocab):
+    helpers.save_checkpoint(tmp_path / "ck", tiny_model, vocab)
+    with pytest.raises(FileNotFoundError, match="lacks config.json"):
+        helpers.load_checkpoint(tmp_path / "ck")
+
+
+def test_a_run_folder_holding_a_run_is_never_reused(tmp_path):
+    run_dir = helpers.new_run_dir(tmp_path / "run")
+    (run_dir / "sentiment_lstm.ipynb").write_text("{}")  # papermill's output alone is not a run
+    assert helpers.new_run_dir(run_dir) == run_dir
+    helpers.write_json(run_dir / "metrics.json", {"test_accuracy": 0.9})
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        helpers.new_run_dir(run_dir)
+    assert helpers.new_run_dir(runs_dir=tmp_path / "runs") != helpers.new_run_dir(runs_dir=tmp_path / "runs")
+
+
+def _toy_batches(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).tolist()
+    # Positive reviews use tokens 2-9, negative ones 10-19: an easy task for a tiny LSTM.
+    sequences = [rng.integers(2, 10, rng.integers(3, 12)).tolist() if y else
+                 rng.integers(10, 20, rng.integers(3, 12)).tolist() for y in labels]
+    return sequences, labels
+
+
+def _fit(tmp_path, n_epochs=3, seed=0, batches_cls=helpers.BucketBatches):
+    helpers.set_seed(seed)
+    model = TinyModel(vocab_size=20)
+    sequences, labels = _toy_batches()
+    train = batches_cls(sequences, labels, 8, shuffle=True, seed=seed)
+    valid = helpers.BucketBatches(*_toy_batches(32, seed=1), 16)
+    history = helpers.fit(model, train, valid, n_epochs=n_epochs, lr=0.02, device="cpu",
+                          checkpoint_dir=tmp_path / "ck", patience=5)
+    return model, history
+
+
+def test_training_learns_the_toy_task_and_keeps_the_best_checkpoint(tmp_path):
+    model, history = _fit(tmp_path, n_epochs=6)
+    assert history["valid_acc"][-1] > 0.9
+    assert history["best_epoch"] == int(np.argmin(history["valid_loss"])) + 1
+    assert (tmp_path / "ck" / "weights.pt").exists()
+
+
+def test_two_runs_with_one_seed_match_exactly(tmp_path):
+    _, first = _fit(tmp_path / "a")
+    _, second = _fit(tmp_path / "b")
+    assert first["valid_loss"] == second["valid_loss"] and first["train_loss"] == second["train_loss"]
+
+
+def test_an_interrupt_keeps_the_best_checkpoint_and_the_history(tmp_path):
+    class InterruptedBatches(helpers.BucketBatches):
+        def __iter__(self):
+            if self.epoch == 2:  # the user presses stop during the third epoch
+                raise KeyboardInterrupt
+            yield from super().__iter__()
+
+    _, history = _fit(tmp_path, n_epochs=5, batches_cls=InterruptedBatches)
+    assert history["interrupted"] and history["epoch"] == [1, 2]
+    state = torch.load(tmp_path / "ck" / "weights.pt", weights_only=True)
+    assert set(state) == set(TinyModel(vocab_size=20).state_dict())

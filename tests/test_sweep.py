@@ -1,0 +1,122 @@
+"""The papermill sweep runner: expansion, checks, resuming, failures, and a real run on the sample."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "sweeps"))
+
+import sweep  # noqa: E402
+
+NAMES = ["use_sample", "n_epochs", "hidden_dim", "pooling", "bidirectional", "lr", "run_dir"]
+
+
+def write_spec(tmp_path, spec, name="demo"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_the_grid_expands_to_every_combination_on_top_of_base():
+    runs = sweep.expand({"base": {"n_epochs": 2}, "grid": {"hidden_dim": [8, 16], "pooling": ["max", "last"]}}, NAMES)
+    assert list(runs) == ["hidden_dim-8_pooling-max", "hidden_dim-8_pooling-last",
+                          "hidden_dim-16_pooling-max", "hidden_dim-16_pooling-last"]
+    assert runs["hidden_dim-16_pooling-last"] == {"n_epochs": 2, "hidden_dim": 16, "pooling": "last"}
+
+
+def test_named_runs_are_crossed_with_the_grid_and_override_base():
+    runs = sweep.expand({"base": {"lr": 0.001, "bidirectional": True},
+                         "runs": [{"name": "uni", "bidirectional": False}, {"name": "fast", "lr": 0.01}],
+                         "grid": {"hidden_dim": [8, 16]}}, NAMES)
+    assert list(runs) == ["uni_hidden_dim-8", "uni_hidden_dim-16", "fast_hidden_dim-8", "fast_hidden_dim-16"]
+    assert runs["uni_hidden_dim-8"] == {"lr": 0.001, "bidirectional": False, "hidden_dim": 8}
+    assert runs["fast_hidden_dim-16"]["lr"] == 0.01
+    assert sweep.varied_parameters(runs) == ["bidirectional", "hidden_dim", "lr"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"hiden_dim": [8]}}, "unknown parameters: hiden_dim. Valid names: use_sample, n_epochs"),
+    ({"base": {"run_dir": "x"}, "grid": {"hidden_dim": [8]}}, "run_dir is set by the sweep"),
+    ({"base": {"n_epochs": 1}}, "neither 'runs' nor 'grid'"),
+    ({"grid": {"hidden_dim": []}}, "non-empty list"),
+    ({"runs": [{"hidden_dim": 8}]}, "needs a name"),
+    ({"gird": {"hidden_dim": [8]}}, "unknown keys in the sweep file: gird"),
+])
+def test_a_bad_sweep_file_is_refused_before_any_run(tmp_path, spec, message):
+    calls = []
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.run_sweep(write_spec(tmp_path, spec), tmp_path / "runs", execute=lambda *a: calls.append(a),
+                        valid_names=NAMES, log=lambda *a: None)
+    assert calls == [] and not (tmp_path / "runs").exists()
+
+
+def fake_execute(fail=()):
+    """An execute function that writes a plausible metrics.json, or fails for the named runs."""
+    calls = []
+
+    def execute(run_dir, params, threads):
+        calls.append(run_dir.name)
+        if run_dir.name in fail:
+            raise RuntimeError("ValueError: parameter hidden_dim=-1 is not valid")
+        acc = 0.5 + params.get("hidden_dim", 0) / 100
+        history = {"epoch": [1, 2], "valid_loss": [0.7, 0.6], "valid_acc": [acc - 0.01, acc]}
+        (run_dir / "metrics.json").write_text(json.dumps({
+            "test_accuracy": acc, "best_valid_acc": acc, "best_valid_loss": 0.6, "best_epoch": 2,
+            "training_seconds": 3.0, "history": history}))
+
+    execute.calls = calls
+    return execute
+
+
+def test_resuming_skips_finished_runs_and_keeps_unfinished_ones_aside(tmp_path):
+    spec = write_spec(tmp_path, {"grid": {"hidden_dim": [8, 16, 32]}})
+    first = fake_execute()
+    sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", execute=first, valid_names=NAMES, log=lambda *a: None)
+    assert sorted(first.calls) == ["hidden_dim-16", "hidden_dim-32", "hidden_dim-8"] and failed == []
+    (sweep_dir / "hidden_dim-16" / "metrics.json").unlink()  # as if that run had been interrupted
+    second = fake_execute()
+    sweep.run_sweep(spec, tmp_path / "runs", execute=second, valid_names=NAMES, log=lambda *a: None)
+    assert second.calls == ["hidden_dim-16"]
+    assert len(list(sweep_dir.glob("hidden_dim-16.incomplete-*"))) == 1
+
+
+def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path):
+    spec = write_spec(tmp_path, {"grid": {"hidden_dim": [8, 16, 32]}})
+    execute, lines = fake_execute(fail={"hidden_dim-16"}), []
+    sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", jobs=2, execute=execute, valid_names=NAMES,
+                                        log=lines.append)
+    assert failed == ["hidden_dim-16"] and len(execute.calls) == 3
+    assert "hidden_dim=-1 is not valid" in (sweep_dir / "hidden_dim-16" / "error.txt").read_text()
+    assert any("FAILED" in line and "hidden_dim-16" in line for line in lines)
+    assert any(line.startswith("[3/3 done, 1 failed, 0 left]") for line in lines)
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["status"]) for r in rows] == [("hidden_dim-32", "ok"), ("hidden_dim-8", "ok"),
+                                                       ("hidden_dim-16", "failed")]
+
+
+def test_the_cli_exits_non_zero_and_names_failed_runs(tmp_path, monkeypatch, capsys):
+    spec = write_spec(tmp_path, {"grid": {"hidden_dim": [8, 16]}})
+    monkeypatch.setattr(sweep, "papermill_execute", fake_execute(fail={"hidden_dim-8"}))
+    monkeypatch.setattr(sweep, "notebook_parameters", lambda: dict.fromkeys(NAMES))
+    assert sweep.main([str(spec), "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert "1 run(s) failed: hidden_dim-8" in capsys.readouterr().err
+
+
+def test_the_smoke_sweep_runs_the_real_notebook_on_the_sample(tmp_path):
+    assert "pooling" in sweep.notebook_parameters()  # names come from the notebook's parameters cell
+    sweep_dir, failed = sweep.run_sweep(REPO / "sweeps" / "smoke.yaml", tmp_path / "runs", jobs=2)
+    assert failed == []
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["run"] for r in rows) == ["bi_pooling-last", "bi_pooling-max", "uni_pooling-last",
+                                              "uni_pooling-max"]
+    assert all(r["status"] == "ok" and 0 <= float(r["best_valid_acc"]) <= 1 for r in rows)
+    assert (sweep_dir / "valid_loss_curves.png").exists() and (sweep_dir / "valid_acc_by_parameter.png").exists()
+    assert (sweep_dir / "bi_pooling-max" / "checkpoint" / "weights.pt").exists()
+    assert "| run | bidirectional | pooling |" in (sweep_dir / "summary.md").read_text()

@@ -1,0 +1,102 @@
+"""Cleaning, tokenizing, the vocabulary, numericalising, the split and batching."""
+
+import numpy as np
+import pytest
+import torch
+
+import helpers
+
+
+def test_clean_text_removes_breaks_tags_and_entities():
+    assert helpers.clean_text("Good<br /><br />film &amp; <i>cast</i>") == "Good  film &  cast "
+
+
+def test_tokenize_lowercases_and_splits_punctuation():
+    assert helpers.tokenize("Great<br />movie, NOT bad!") == ["great", "movie", ",", "not", "bad", "!"]
+
+
+def test_vocab_has_distinct_pad_and_unk_and_respects_min_freq_and_max_size():
+    tokens = [["a", "a", "a", "b", "b", "c"], ["a", "b", "d"]]
+    vocab = helpers.build_vocab(tokens, min_freq=2)
+    assert vocab.get_itos() == ["<pad>", "<unk>", "a", "b"]
+    assert vocab["c"] == vocab["never seen"] == 1
+    assert len(helpers.build_vocab(tokens, min_freq=1, max_size=3)) == 3
+
+
+def test_vocab_round_trips_through_its_token_list():
+    vocab = helpers.build_vocab([["x", "y", "y"]])
+    rebuilt = helpers.vocab_from_tokens(vocab.get_itos())
+    assert rebuilt.get_itos() == vocab.get_itos()
+    assert rebuilt["unseen"] == 1
+
+
+@pytest.mark.parametrize("itos", [["<unk>", "<pad>", "a"], ["<pad>", "<unk>", "a", "a"]])
+def test_vocab_from_tokens_refuses_a_malformed_list(itos):
+    with pytest.raises(ValueError, match="vocabulary"):
+        helpers.vocab_from_tokens(itos)
+
+
+def test_numericalize_maps_unknown_to_unk_and_truncates():
+    vocab = helpers.build_vocab([["good", "film"]])
+    assert helpers.numericalize(["good", "bad", "film", "good"], vocab, max_length=3) == [
+        vocab["good"], 1, vocab["film"]]
+
+
+def test_stratified_split_is_balanced_disjoint_complete_and_seeded():
+    labels = [0] * 60 + [1] * 40
+    train, valid = helpers.stratified_split(labels, 0.25, seed=3)
+    assert sorted(train + valid) == list(range(100))
+    assert np.mean([labels[i] for i in valid]) == pytest.approx(0.4)
+    assert len(valid) == 25
+    assert helpers.stratified_split(labels, 0.25, seed=3) == (train, valid)
+    assert helpers.stratified_split(labels, 0.25, seed=4) != (train, valid)
+
+
+def test_pad_batch_pads_at_the_end_and_returns_lengths():
+    tokens, lengths = helpers.pad_batch([[5, 6, 7], [8]])
+    assert tokens.tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert lengths.tolist() == [3, 1]
+
+
+def test_bucket_batches_cover_every_example_once_keep_the_last_batch_and_group_lengths():
+    rng = np.random.default_rng(0)
+    sequences = [[1] * int(n) for n in rng.integers(1, 300, size=1003)]
+    batches = helpers.BucketBatches(sequences, [0] * len(sequences), batch_size=32, shuffle=True, seed=1)
+    seen = np.concatenate([idx for *_, idx in batches])
+    assert sorted(seen.tolist()) == list(range(1003))
+    assert len(batches) == 32  # 31 full batches and the last one of 11
+    random_batches = helpers.BucketBatches(sequences, [0] * 1003, 32, shuffle=True, pool_batches=1)
+    assert batches.padding_fraction() < 0.05 < random_batches.padding_fraction()
+
+
+def test_bucket_batches_reshuffle_each_epoch_reproducibly():
+    sequences = [[1] * (i % 50 + 1) for i in range(500)]
+    first = helpers.BucketBatches(sequences, [0] * 500, 16, shuffle=True, seed=7)
+    orders = [[idx.tolist() for *_, idx in first] for _ in range(2)]
+    assert orders[0] != orders[1]
+    again = helpers.BucketBatches(sequences, [0] * 500, 16, shuffle=True, seed=7)
+    assert [idx.tolist() for *_, idx in again] == orders[0]
+
+
+def test_reverse_padded_reverses_within_each_length_and_is_its_own_inverse():
+    x = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]]).unsqueeze(-1).float()
+    lengths = torch.tensor([3, 2])
+    reversed_x = helpers.reverse_padded(x, lengths)
+    assert reversed_x.squeeze(-1).tolist() == [[3, 2, 1, 0], [5, 4, 0, 0]]
+    assert torch.equal(helpers.reverse_padded(reversed_x, lengths), x)
+
+
+@pytest.mark.parametrize("how, expected", [("last", [3.0, -1.0]), ("max", [3.0, 2.0]), ("mean", [2.0, 0.5])])
+def test_pool_over_time_ignores_padding(how, expected):
+    outputs = torch.tensor([[1.0, 2.0, 3.0, 99.0], [2.0, -1.0, 99.0, 99.0]]).unsqueeze(-1)
+    pooled = helpers.pool_over_time(outputs, torch.tensor([3, 2]), how)
+    assert pooled.squeeze(-1).tolist() == expected
+
+
+def test_a_model_does_not_read_padding(tiny_model):
+    tiny_model.eval()
+    review = torch.tensor([[3, 4, 5]])
+    padded = torch.tensor([[3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 10, 11]])
+    alone = tiny_model(review, torch.tensor([3]))
+    in_batch = tiny_model(padded, torch.tensor([3, 6]))[:1]
+    assert torch.allclose(alone, in_batch, atol=1e-6)
