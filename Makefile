@@ -10,6 +10,10 @@ NOTEBOOK := notebooks/sentiment_lstm.ipynb
 PARAMS ?=
 IMDB_ARCHIVE ?=
 
+# Jupyter looks in the user's folders before the environment's; a kernel named sentiment-lstm
+# registered elsewhere must not shadow the one in .venv.
+export JUPYTER_PREFER_ENV_PATH := 1
+
 .PHONY: help install run test lint lab sweep sweep-summary publish clean
 
 help:
