@@ -129,6 +129,7 @@ def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_na
         if run_dir.exists():  # left by an earlier, unfinished attempt: keep it aside, never delete it
             run_dir.rename(sweep_dir / f"{name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.mkdir()
+        log(f"starting {name}: {json.dumps(params)}")
         start = time.perf_counter()
         try:
             execute(run_dir, params, threads)

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -119,4 +120,6 @@ def test_the_smoke_sweep_runs_the_real_notebook_on_the_sample(tmp_path):
     assert all(r["status"] == "ok" and 0 <= float(r["best_valid_acc"]) <= 1 for r in rows)
     assert (sweep_dir / "valid_loss_curves.png").exists() and (sweep_dir / "valid_acc_by_parameter.png").exists()
     assert (sweep_dir / "bi_pooling-max" / "checkpoint" / "weights.pt").exists()
+    metrics = json.loads((sweep_dir / "bi_pooling-max" / "metrics.json").read_text())
+    assert metrics["environment"]["torch_threads"] == max(1, os.cpu_count() // 2)  # two workers share the cores
     assert "| run | bidirectional | pooling |" in (sweep_dir / "summary.md").read_text()
