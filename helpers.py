@@ -11,8 +11,10 @@ Every use of torchtext is in this file, so that replacing torchtext touches noth
 from __future__ import annotations
 
 import collections
+import gzip
 import hashlib
 import html
+import http.client
 import json
 import math
 import os
@@ -26,6 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +48,6 @@ REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = REPO_DIR / "data"
 SAMPLE_DIR = DATA_DIR / "sample" / "aclImdb"
 RUNS_DIR = REPO_DIR / "runs"
-FIGURES_DIR = REPO_DIR / "figures"
 
 # The authors' archive, the same URL and checksum torchtext's IMDB loader uses.
 IMDB_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
@@ -233,9 +235,12 @@ def download(url, dest, md5=None, progress=True, timeout=60):
         with response, open(partial, "wb") as out, tqdm(
             total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", disable=not progress
         ) as bar:
-            while chunk := response.read(1 << 20):
-                out.write(chunk)
-                bar.update(len(chunk))
+            try:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            except (http.client.HTTPException, TimeoutError, ConnectionError) as err:
+                raise ConnectionError(f"download of {url} broke off ({err!r}); run again to start it anew") from err
         if total is not None and partial.stat().st_size != total:
             raise ConnectionError(f"download of {url} stopped after {partial.stat().st_size} of {total} bytes")
         if md5 is not None:
@@ -270,6 +275,8 @@ def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb"):
     target = data_dir / top
     if (target / ".complete").exists():
         return target
+    if not archive.is_file():
+        raise FileNotFoundError(f"IMDB archive {archive} does not exist")
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
@@ -289,9 +296,8 @@ def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb"):
                 os.replace(staging / top, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
-    except (tarfile.TarError, EOFError, OSError) as err:
-        if isinstance(err, FileNotFoundError) and not archive.exists():
-            raise FileNotFoundError(f"IMDB archive {archive} does not exist") from err
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        # Other OSErrors (a full disk, say) keep their own message.
         raise ValueError(f"{archive} is truncated or not a valid tar.gz archive ({err})") from err
     return target
 

@@ -123,3 +123,10 @@ def test_a_half_extracted_folder_from_an_older_crash_is_replaced(tiny_archive, t
     (stale / "junk.txt").write_text("half")
     root = helpers.prepare_imdb(tiny_archive, data_dir=tmp_path / "data")
     assert not (root / "train" / "pos" / "junk.txt").exists()
+
+
+def test_a_corrupt_archive_gives_a_clear_error(tmp_path):
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08\x00" + b"not really gzip data" * 50)
+    with pytest.raises(ValueError, match="truncated or not a valid"):
+        helpers.extract_imdb(corrupt, tmp_path / "data")
