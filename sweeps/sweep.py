@@ -206,6 +206,7 @@ def plot_sweep(sweep_dir, runs, histories, varied, rows):
     for name, history in histories.items():
         ax.plot(history["epoch"], history["valid_loss"], "o-", label=name)
     ax.set(xlabel="epoch", ylabel="validation loss", title=f"Sweep {sweep_dir.name}: validation loss")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(sweep_dir / "valid_loss_curves.png", dpi=120)
