@@ -103,3 +103,13 @@ def test_every_figure_the_readme_and_notebook_link_to_exists():
         for link in links:
             assert (document.parent / link).exists(), f"{document.name} links to missing {link}"
     assert re.findall(r"figures/\S+\.png", (REPO / "README.md").read_text(encoding="utf-8"))
+
+
+def test_a_later_run_can_train_on_from_a_saved_checkpoint(sample_run, tmp_path):
+    first_dir, _ = sample_run
+    on_dir, _ = execute(tmp_path, "train_on", init_checkpoint=str(first_dir / "checkpoint"), n_epochs=1)
+    first, on = (json.loads((d / "metrics.json").read_text()) for d in (first_dir, on_dir))
+    assert on["history"]["epoch"] == [1]
+    # It starts from the trained weights, so its first epoch beats the first run's first epoch.
+    assert on["history"]["train_loss"][0] < first["history"]["train_loss"][0]
+    assert (on_dir / "checkpoint" / "weights.pt").exists()
