@@ -153,12 +153,9 @@ def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_na
     return sweep_dir, sorted(failed)
 
 
-def summarise(sweep_dir, runs=None, log=print):
-    """Write summary.csv, summary.md and the comparison figures of a sweep folder."""
+def summarise(sweep_dir, runs, log=print):
+    """Write summary.csv, summary.md and the comparison figures of a sweep folder for its runs."""
     sweep_dir = Path(sweep_dir)
-    if runs is None:
-        spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text(encoding="utf-8"))
-        runs = expand(spec, list(notebook_parameters()))
     varied = varied_parameters(runs)
     rows, histories = [], {}
     for name, params in runs.items():
