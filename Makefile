@@ -14,11 +14,12 @@ IMDB_ARCHIVE ?=
 # registered elsewhere must not shadow the one in .venv.
 export JUPYTER_PREFER_ENV_PATH := 1
 
-.PHONY: help install run test lint lab sweep sweep-summary publish clean
+.PHONY: help install run test bench lint lab sweep sweep-summary publish clean
 
 help:
 	@echo "make run      train and evaluate with the default parameters; results in a new runs/<time>/"
 	@echo "make test     lint, unit tests and notebook tests on the bundled sample"
+	@echo "make bench    speed and memory: training throughput, predict_review latency; writes figures/benchmark.json"
 	@echo "make lab      open JupyterLab with the project's kernel"
 	@echo "make sweep SWEEP=sweeps/<name>.yaml [JOBS=N]   run a hyperparameter sweep into runs/<name>/"
 	@echo "make sweep-summary SWEEP=sweeps/<name>.yaml    rewrite the summary table and plots of a sweep"
@@ -45,6 +46,10 @@ run: install
 
 test: install
 	bash tests/run_tests.sh
+
+# Not part of `make test`: it prints measured figures, it does not pass or fail on them.
+bench: install
+	$(BIN)/python tests/benchmark.py
 
 lint: install
 	$(BIN)/ruff check helpers.py tests notebooks sweeps

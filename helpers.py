@@ -85,6 +85,7 @@ PARAM_SPECS = {
     "min_freq": ParamSpec(int, "an integer >= 1", _positive),
     "max_vocab_size": ParamSpec(int, "an integer >= 3", lambda v: v >= 3),
     "embedding_dim": ParamSpec(int, "an integer >= 1", _positive),
+    "pretrain_embeddings": ParamSpec(bool, "True or False"),
     "hidden_dim": ParamSpec(int, "an integer >= 1", _positive),
     "n_layers": ParamSpec(int, "an integer >= 1", _positive),
     "bidirectional": ParamSpec(bool, "True or False"),
@@ -183,6 +184,21 @@ def new_run_dir(run_dir="", runs_dir=RUNS_DIR):
         raise FileExistsError(f"run folder {run_dir} already holds a run; choose another run_dir or leave it empty")
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def peak_memory_mib(device):
+    """This process's peak resident memory so far (and, on a GPU, peak tensor memory) in MiB."""
+    peak = {}
+    try:
+        import resource
+    except ImportError:  # Windows has no resource module
+        resource = None
+    if resource is not None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak["cpu_rss_mib"] = rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes there, KiB on Linux
+    if device.type == "cuda":
+        peak["gpu_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
 
 
 # --------------------------------------------------------------------------- files
@@ -316,6 +332,16 @@ def prepare_imdb(archive="", data_dir=DATA_DIR, url=IMDB_URL, md5=IMDB_MD5):
     return extract_imdb(downloaded, data_dir)
 
 
+def read_unlabelled(root):
+    """The unlabelled reviews of train/unsup (50,000 in the full data), in a fixed order."""
+    folder = Path(root, "train", "unsup")
+    paths = sorted(folder.glob("*.txt"), key=lambda p: p.name)
+    if not paths:
+        raise FileNotFoundError(f"no unlabelled reviews found in {folder}; set pretrain_embeddings=False "
+                                "to train without them")
+    return [path.read_text(encoding="utf-8") for path in paths]
+
+
 def read_imdb(root, split):
     """Read one split ('train' or 'test') as (texts, labels) with 1 = positive, in a fixed order."""
     texts, labels = [], []
@@ -388,6 +414,106 @@ def stratified_split(labels, valid_fraction, seed):
         valid_idx.extend(idx[:n_valid].tolist())
         train_idx.extend(idx[n_valid:].tolist())
     return sorted(train_idx), sorted(valid_idx)
+
+
+# --------------------------------------------------------------------------- word vectors
+
+
+def cooccurrence_matrix(id_lists, vocab_size, window=5, ignore=(0, 1)):
+    """How often each pair of vocabulary tokens appears within `window` tokens of each other.
+
+    A pair d tokens apart counts 1/d, so near neighbours weigh more. Tokens in `ignore` (by
+    default <pad> and <unk>) are skipped, and pairs never cross from one review into the next.
+    Returns a symmetric sparse [vocab_size, vocab_size] float64 tensor.
+    """
+    if window < 1:
+        raise ValueError(f"window={window!r} must be an integer >= 1")
+    lengths = np.array([len(ids) for ids in id_lists], dtype=np.int64)
+    flat = torch.from_numpy(np.fromiter((i for ids in id_lists for i in ids), dtype=np.int64, count=lengths.sum()))
+    if len(flat) and (int(flat.min()) < 0 or int(flat.max()) >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}); got {int(flat.min())}..{int(flat.max())}")
+    review = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
+    counted = torch.ones_like(flat, dtype=torch.bool)
+    for index in ignore:
+        counted &= flat != index
+    codes, weights = [], []
+    for distance in range(1, window + 1):
+        left, right = flat[:-distance], flat[distance:]
+        keep = (review[:-distance] == review[distance:]) & counted[:-distance] & counted[distance:]
+        # One int64 code per (left, right) pair, so that counting pairs is counting codes.
+        pair_codes, pair_counts = torch.unique(left[keep] * vocab_size + right[keep], return_counts=True)
+        codes.append(pair_codes)
+        weights.append(pair_counts.double() / distance)
+    codes, weights = torch.cat(codes), torch.cat(weights)
+    rows, cols = codes // vocab_size, codes % vocab_size
+    # Both orders: a word's context on its left is as telling as on its right.
+    indices = torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])])
+    size = (vocab_size, vocab_size)
+    return torch.sparse_coo_tensor(indices, torch.cat([weights, weights]), size).coalesce()
+
+
+def ppmi(counts, context_power=0.75):
+    """Positive pointwise mutual information of a sparse co-occurrence matrix, as float32.
+
+    PMI(w, c) = log p(w, c) / (p(w) p(c)): how much more often two words meet than chance says.
+    Negative values (rarer than chance, and noisy) become 0. Raising the context counts to
+    `context_power` < 1 keeps rare contexts from getting huge scores (Levy et al., 2015).
+    """
+    indices, values = counts.indices(), counts.values()
+    row_totals = torch.zeros(counts.size(0), dtype=torch.float64).index_add_(0, indices[0], values)
+    context = row_totals ** context_power
+    pmi = torch.log(values * context.sum() / (row_totals[indices[0]] * context[indices[1]]))
+    keep = pmi > 0
+    return torch.sparse_coo_tensor(indices[:, keep], pmi[keep].float(), counts.shape).coalesce()
+
+
+def svd_word_vectors(matrix, dim, seed=0, n_iter=4):
+    """dim-dimensional word vectors from a truncated SVD of a (PPMI) matrix: U * sqrt(S).
+
+    They are scaled to a standard deviation of 1, the scale of nn.Embedding's own random
+    initialisation, so that training treats them like the vectors it would start from anyway.
+    Rows that are all zero (<pad>, <unk>, words never counted) stay zero. The randomised SVD
+    draws from its own seeded generator and leaves torch's global random state as it was.
+    """
+    if not 1 <= dim <= min(matrix.shape):
+        raise ValueError(f"dim={dim!r} must lie between 1 and {min(matrix.shape)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        u, s, _ = torch.svd_lowrank(matrix, q=dim, niter=n_iter)
+    vectors = u * s.sqrt()
+    # The randomised SVD leaves rounding noise in rows with no counts; they know nothing, so zero them.
+    counted = torch.zeros(matrix.size(0), dtype=torch.bool)
+    counted[matrix.coalesce().indices()[0]] = True
+    vectors[~counted] = 0.0
+    # An SVD's signs are arbitrary; fix them so that equal inputs give equal vectors.
+    vectors = vectors * torch.where(vectors.sum(dim=0) < 0, -1.0, 1.0)
+    return vectors / vectors.std().clamp_min(1e-12)
+
+
+def pretrain_word_vectors(token_lists, vocab, dim, window=5, seed=0):
+    """Word vectors for every vocabulary entry from co-occurrence counts in token_lists.
+
+    The count-based cousin of word2vec: count which words appear near which (cooccurrence_matrix),
+    keep the surprising pairs (ppmi) and compress each word's row to `dim` numbers
+    (svd_word_vectors). Words used in similar contexts, such as 'awful' and 'dreadful', get
+    similar vectors. Returns a [len(vocab), dim] float32 tensor.
+    """
+    ignore = (vocab[PAD_TOKEN], vocab[UNK_TOKEN])
+    counts = cooccurrence_matrix([vocab.lookup_indices(tokens) for tokens in token_lists], len(vocab), window, ignore)
+    if counts._nnz() == 0:
+        raise ValueError("no two vocabulary words occur near each other in the texts; nothing to learn from")
+    return svd_word_vectors(ppmi(counts), dim, seed)
+
+
+def nearest_words(vectors, vocab, word, k=8):
+    """The k vocabulary words whose vectors are most similar (cosine) to word's."""
+    index = vocab[word]
+    if index == vocab[UNK_TOKEN]:
+        raise KeyError(f"{word!r} is not in the vocabulary")
+    unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    similarity = unit @ unit[index]
+    similarity[index] = -2  # not itself
+    return vocab.lookup_tokens(similarity.topk(k).indices.tolist())
 
 
 # --------------------------------------------------------------------------- batching
@@ -546,7 +672,8 @@ def fit(model, train_batches, valid_batches, *, n_epochs, lr, device, checkpoint
                                               desc=f"epoch {epoch}/{n_epochs} train")
             valid_loss, valid_acc = run_epoch(model, valid_batches, loss_fn, device)
             seconds = time.perf_counter() - epoch_start
-            for key, value in zip(history, (epoch, train_loss, train_acc, valid_loss, valid_acc, seconds), strict=True):
+            values = (epoch, train_loss, train_acc, valid_loss, valid_acc, seconds)
+            for key, value in zip(history, values, strict=True):
                 history[key].append(value)
             improved = valid_loss < best_loss
             if improved:

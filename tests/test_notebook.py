@@ -54,6 +54,8 @@ def test_metrics_json_records_results_history_parameters_and_environment(sample_
     assert metrics["params"]["hidden_dim"] == 16 and metrics["params"]["max_length"] == 200
     assert metrics["environment"]["torch"].startswith("2.3.1")
     assert metrics["training_seconds"] > 0
+    assert metrics["pretraining_seconds"] > 0  # word vectors from the sample's unlabelled reviews
+    assert 100 < metrics["peak_memory"]["cpu_rss_mib"] < 100_000
 
 
 def test_predict_file_writes_one_row_per_review_and_reports_blank_lines(sample_run):
@@ -73,6 +75,16 @@ def test_reloading_the_checkpoint_reproduces_the_predictions(sample_run, tmp_pat
     first, reloaded = (json.loads((d / "metrics.json").read_text()) for d in (first_dir, reload_dir))
     assert reloaded["test_accuracy"] == first["test_accuracy"]
     assert reloaded["test_loss"] == pytest.approx(first["test_loss"], abs=1e-9)
+    assert reloaded["pretraining_seconds"] == 0  # the checkpoint's trained vectors are used
+
+
+def test_without_pretraining_the_model_starts_from_random_vectors(sample_run, tmp_path):
+    plain_dir, notebook = execute(tmp_path, "plain", pretrain_embeddings=False, n_epochs=1)
+    first, plain = (json.loads((d / "metrics.json").read_text()) for d in (sample_run[0], plain_dir))
+    assert plain["pretraining_seconds"] == 0
+    assert plain["history"]["train_loss"][0] != first["history"]["train_loss"][0]
+    outputs = "".join("".join(o.get("text", "")) for c in notebook["cells"] for o in c.get("outputs", []))
+    assert "word vectors of" not in outputs
 
 
 def test_two_runs_with_one_seed_give_the_same_numbers(sample_run, tmp_path):

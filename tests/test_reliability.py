@@ -11,8 +11,9 @@ from conftest import TinyModel
 
 DEFAULTS = dict(
     imdb_archive="", use_sample=True, valid_fraction=0.1, n_epochs=1, patience=2, batch_size=8, max_length=50,
-    min_freq=1, max_vocab_size=100, embedding_dim=8, hidden_dim=8, n_layers=1, bidirectional=True,
-    pooling="max", embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0, device="cpu", run_dir="",
+    min_freq=1, max_vocab_size=100, embedding_dim=8, pretrain_embeddings=True, hidden_dim=8, n_layers=1,
+    bidirectional=True, pooling="max", embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0,
+    device="cpu", run_dir="",
     init_checkpoint="", predict_file="",
 )
 

@@ -1,0 +1,259 @@
+"""Speed and memory of the notebook's model: `make bench` (not part of `make test`).
+
+    python tests/benchmark.py [--device auto] [--out figures/benchmark.json]
+
+It measures, in this process, with the notebook's default parameters:
+
+- training throughput (tokens per second) of the notebook's own training step (its
+  SentimentLSTM class and helpers.run_epoch: forward, loss, backward, clipping, Adam) beside a
+  bare torch.nn.LSTM forward and backward on the same batch shapes, and their ratio;
+- predict_review (the notebook's own function) latency for a 250-word review: median and
+  95th percentile; and batch prediction throughput in reviews per second;
+
+and it reads, from the committed notebook (a complete papermill run) and its metrics.json,
+the wall time of each notebook section and the run's peak memory. It prints a table and
+writes everything as JSON. Only the bundled sample is needed: the model's code comes from the
+notebook, the reviews from data/sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import helpers  # noqa: E402
+
+NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
+METRICS = REPO / "figures" / "metrics.json"
+SEQ_LENGTHS = (128, 256, 800)  # short, typical (the median review is about 230 tokens) and capped reviews
+
+
+def notebook_cells(path=NOTEBOOK):
+    return json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+
+
+def cell_defining(cells, name):
+    """The source of the code cell that defines `name` (a class or function)."""
+    pattern = re.compile(rf"^(class|def) {re.escape(name)}\b", flags=re.MULTILINE)
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and pattern.search(source):
+            return source
+    raise LookupError(f"no cell of {NOTEBOOK.name} defines {name}")
+
+
+def default_parameters(cells):
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            namespace = {}
+            exec("".join(cell["source"]), namespace)  # noqa: S102 - the notebook's own parameters cell
+            return {k: v for k, v in namespace.items() if k in helpers.PARAM_SPECS}
+    raise LookupError(f"{NOTEBOOK.name} has no cell tagged 'parameters'")
+
+
+def sample_vocab(size):
+    """A vocabulary of the sample's tokens, filled up to `size` so the model has its full shape."""
+    texts, _ = helpers.read_imdb(helpers.SAMPLE_DIR, "train")
+    vocab = helpers.build_vocab(helpers.tokenize(t) for t in texts)
+    itos = vocab.get_itos()
+    itos += [f"<filler{i}>" for i in range(size - len(itos))]
+    return helpers.vocab_from_tokens(itos)
+
+
+def review_of(n_words):
+    """A real review from the sample test set, repeated or cut to exactly n_words words."""
+    texts, _ = helpers.read_imdb(helpers.SAMPLE_DIR, "test")
+    words = " ".join(helpers.clean_text(t) for t in texts[:5]).split()
+    return " ".join((words * (n_words // len(words) + 1))[:n_words])
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, n_steps, device):
+    """Seconds per call of step(), after two warm-up calls."""
+    for _ in range(2):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / n_steps
+
+
+def training_throughput(namespace, p, vocab, device, n_steps):
+    model = namespace["SentimentLSTM"](
+        vocab_size=len(vocab), embedding_dim=p["embedding_dim"], hidden_dim=p["hidden_dim"],
+        n_layers=p["n_layers"], bidirectional=p["bidirectional"], embedding_dropout=p["embedding_dropout"],
+        dropout=p["dropout"], pooling=p["pooling"], pad_index=0,
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    loss_fn = nn.BCEWithLogitsLoss()
+    bare = nn.LSTM(p["embedding_dim"], p["hidden_dim"], num_layers=p["n_layers"], batch_first=True,
+                   bidirectional=p["bidirectional"]).to(device)
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for seq_len in SEQ_LENGTHS:
+        batch = p["batch_size"]
+        tokens = torch.randint(2, len(vocab), (batch, seq_len), generator=generator)
+        lengths = torch.full((batch,), seq_len)
+        labels = torch.randint(0, 2, (batch,), generator=generator).float()
+        batches = [(tokens, lengths, labels, np.arange(batch))]
+        inputs = torch.randn(batch, seq_len, p["embedding_dim"], generator=generator).to(device)
+
+        def notebook_step(batches=batches):
+            helpers.run_epoch(model, batches, loss_fn, device, optimizer, p["clip_norm"])
+
+        def bare_step(inputs=inputs):
+            output, _ = bare(inputs)
+            output.sum().backward()
+
+        # Interleave the two, so that a change in the machine's load hits both alike.
+        notebook_s = bare_s = 0.0
+        for _ in range(2):
+            notebook_s += time_steps(notebook_step, n_steps, device) / 2
+            bare_s += time_steps(bare_step, n_steps, device) / 2
+        n_tokens = batch * seq_len
+        rows.append({"batch": batch, "seq_len": seq_len, "notebook_tokens_per_s": n_tokens / notebook_s,
+                     "bare_lstm_tokens_per_s": n_tokens / bare_s, "ratio": bare_s / notebook_s})
+    total_tokens = sum(r["batch"] * r["seq_len"] for r in rows)
+    notebook_total = sum(r["batch"] * r["seq_len"] / r["notebook_tokens_per_s"] for r in rows)
+    bare_total = sum(r["batch"] * r["seq_len"] / r["bare_lstm_tokens_per_s"] for r in rows)
+    return {"shapes": rows, "notebook_tokens_per_s": total_tokens / notebook_total,
+            "bare_lstm_tokens_per_s": total_tokens / bare_total, "ratio": bare_total / notebook_total}
+
+
+def prediction_speed(cells, namespace, p, vocab, device, n_calls):
+    model = namespace["SentimentLSTM"](
+        vocab_size=len(vocab), embedding_dim=p["embedding_dim"], hidden_dim=p["hidden_dim"],
+        n_layers=p["n_layers"], bidirectional=p["bidirectional"], embedding_dropout=p["embedding_dropout"],
+        dropout=p["dropout"], pooling=p["pooling"], pad_index=0,
+    ).to(device)
+    namespace.update(model=model, vocab=vocab, max_length=p["max_length"], device=device)
+    exec(cell_defining(cells, "predict_review"), namespace)  # noqa: S102 - the notebook's own function
+    predict_review = namespace["predict_review"]
+    review = review_of(250)
+    for _ in range(10):
+        predict_review(review)
+    latencies = []
+    for _ in range(n_calls):
+        start = time.perf_counter()
+        predict_review(review)
+        sync(device)
+        latencies.append(time.perf_counter() - start)
+    latencies_ms = np.array(latencies) * 1000
+
+    texts, _ = helpers.read_imdb(helpers.SAMPLE_DIR, "test")
+    texts = texts * 5  # 1,000 real reviews of every length
+    helpers.predict_proba(model, texts[:256], vocab, p["max_length"], device)
+    start = time.perf_counter()
+    helpers.predict_proba(model, texts, vocab, p["max_length"], device)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"review_words": 250, "tokens": len(helpers.tokenize(review)), "calls": n_calls,
+            "latency_median_ms": float(np.median(latencies_ms)),
+            "latency_p95_ms": float(np.percentile(latencies_ms, 95)),
+            "batch_reviews": len(texts), "batch_reviews_per_s": len(texts) / seconds}
+
+
+def section_times(cells):
+    """Wall seconds of each '## ' section of the committed, papermill-executed notebook."""
+    sections, current = {}, "(before the first section)"
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and source.startswith("## "):
+            current = source.splitlines()[0][3:].strip()
+        duration = cell.get("metadata", {}).get("papermill", {}).get("duration")
+        if duration is not None:
+            sections[current] = sections.get(current, 0.0) + duration
+    return {name: round(seconds, 1) for name, seconds in sections.items() if seconds >= 0.05}
+
+
+def committed_run():
+    if not METRICS.exists():
+        return {}
+    metrics = json.loads(METRICS.read_text(encoding="utf-8"))
+    return {key: metrics.get(key) for key in ("peak_memory", "training_seconds", "test_accuracy", "environment")}
+
+
+def hardware(device):
+    info = {"machine": platform.machine(), "processor": platform.processor() or None,
+            "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": str(device)}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), flags=re.MULTILINE)
+        info["cpu_model"] = names[0] if names else None
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def print_table(result):
+    rows = [("hardware", f"{result['hardware'].get('cpu_model') or result['hardware']['machine']}, "
+                         f"{result['hardware']['torch_threads']} torch threads, {result['hardware']['device']}")]
+    t = result["training"]
+    for shape in t["shapes"]:
+        rows.append((f"train step, batch {shape['batch']} x {shape['seq_len']} tokens",
+                     f"{shape['notebook_tokens_per_s']:,.0f} tok/s vs bare nn.LSTM "
+                     f"{shape['bare_lstm_tokens_per_s']:,.0f} tok/s (ratio {shape['ratio']:.2f})"))
+    rows.append(("train step, all shapes", f"{t['notebook_tokens_per_s']:,.0f} tok/s vs bare nn.LSTM "
+                                           f"{t['bare_lstm_tokens_per_s']:,.0f} tok/s (ratio {t['ratio']:.2f})"))
+    q = result["prediction"]
+    rows.append((f"predict_review, {q['review_words']} words", f"median {q['latency_median_ms']:.2f} ms, "
+                                                              f"p95 {q['latency_p95_ms']:.2f} ms"))
+    rows.append((f"batch prediction, {q['batch_reviews']} reviews", f"{q['batch_reviews_per_s']:,.0f} reviews/s"))
+    run = result["committed_run"]
+    if run.get("peak_memory"):
+        rows.append(("default run: peak memory", ", ".join(f"{k} {v:,.0f}" for k, v in run["peak_memory"].items())))
+    if run.get("training_seconds"):
+        rows.append(("default run: training", f"{run['training_seconds'] / 60:.1f} min"))
+    for name, seconds in result["section_seconds"].items():
+        rows.append((f"default run: {name}", f"{seconds:,.1f} s"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help='"auto", "cpu" or "cuda"')
+    parser.add_argument("--out", default=str(REPO / "figures" / "benchmark.json"), help="where to write the JSON")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per shape and round")
+    parser.add_argument("--calls", type=int, default=200, help="timed predict_review calls")
+    args = parser.parse_args(argv)
+
+    helpers.set_seed(0)
+    device = helpers.choose_device(args.device)
+    cells = notebook_cells()
+    params = default_parameters(cells)
+    namespace = {"helpers": helpers, "torch": torch, "nn": nn}
+    exec(cell_defining(cells, "SentimentLSTM"), namespace)  # noqa: S102 - the notebook's own model
+    vocab = sample_vocab(params["max_vocab_size"])
+
+    result = {"hardware": hardware(device), "parameters": params}
+    result["training"] = training_throughput(namespace, params, vocab, device, args.steps)
+    result["prediction"] = prediction_speed(cells, namespace, params, vocab, device, args.calls)
+    result["section_seconds"] = section_times(cells)
+    result["committed_run"] = committed_run()
+    print_table(result)
+    helpers.write_json(args.out, result)
+    print(f"written: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

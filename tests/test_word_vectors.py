@@ -1,0 +1,100 @@
+"""Word vectors from co-occurrence counts: counting, PPMI, the SVD and the whole pipeline."""
+
+import random
+
+import pytest
+import torch
+
+import helpers
+
+
+def dense(matrix):
+    return matrix.to_dense().tolist()
+
+
+def test_cooccurrence_weighs_by_distance_and_is_symmetric():
+    counts = dense(helpers.cooccurrence_matrix([[2, 3, 4]], vocab_size=5, window=2))
+    assert counts[2][3] == counts[3][2] == 1.0
+    assert counts[3][4] == counts[4][3] == 1.0
+    assert counts[2][4] == counts[4][2] == 0.5  # two tokens apart
+    assert counts[2][2] == counts[0][2] == 0.0
+
+
+def test_cooccurrence_never_crosses_reviews_and_skips_pad_and_unk():
+    counts = dense(helpers.cooccurrence_matrix([[2, 3], [4, 1, 2], [0, 3]], vocab_size=5, window=1))
+    assert counts[3][4] == 0.0  # the end of one review and the start of the next
+    assert counts[4][2] == 0.0  # <unk> (1) between them, and the window is 1
+    assert sum(counts[0]) == sum(counts[1]) == 0.0
+    counts = dense(helpers.cooccurrence_matrix([[4, 1, 2]], vocab_size=5, window=2))
+    assert counts[4][2] == 0.5  # <unk> is skipped, not a wall
+
+
+def test_cooccurrence_rejects_ids_outside_the_vocabulary_and_a_bad_window():
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 5\)"):
+        helpers.cooccurrence_matrix([[2, 7]], vocab_size=5)
+    with pytest.raises(ValueError, match="window=0"):
+        helpers.cooccurrence_matrix([[2, 3]], vocab_size=5, window=0)
+
+
+def test_ppmi_keeps_only_pairs_that_meet_more_often_than_chance():
+    # Pairs 2-3 and 4-5 meet often; 2-4 and 3-5 only once, less than their frequencies predict.
+    counts = torch.zeros(6, 6, dtype=torch.float64)
+    for a, b, n in ((2, 3, 9), (4, 5, 9), (2, 4, 1), (3, 5, 1)):
+        counts[a, b] = counts[b, a] = n
+    counts = counts.to_sparse()
+    weights = dense(helpers.ppmi(counts, context_power=1.0))
+    assert weights[2][3] > 0
+    assert weights[2][4] == 0.0  # below chance, so clipped to zero
+    assert all(value >= 0 for row in weights for value in row)
+
+
+def test_svd_vectors_are_reproducible_unit_scale_and_leave_the_global_random_state_alone():
+    matrix = torch.rand(40, 40, generator=torch.Generator().manual_seed(0))
+    matrix = ((matrix + matrix.T) * (matrix > 0.7)).to_sparse()
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = helpers.svd_word_vectors(matrix, dim=6, seed=5)
+    assert torch.equal(torch.rand(1), expected_next)
+    assert torch.equal(first, helpers.svd_word_vectors(matrix, dim=6, seed=5))
+    assert first.shape == (40, 6)
+    assert first.std().item() == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="dim=41"):
+        helpers.svd_word_vectors(matrix, dim=41)
+
+
+def test_pretrained_vectors_put_words_used_alike_next_to_each_other():
+    # Two families of words, each used in its own contexts; no labels anywhere.
+    rng = random.Random(0)
+    good, bad = ["great", "superb", "lovely", "brilliant"], ["awful", "dreadful", "lousy", "terrible"]
+    good_context, bad_context = ["loved", "joy", "smile", "fun"], ["hated", "waste", "boredom", "pain"]
+    texts = []
+    for _ in range(300):
+        words, context = (good, good_context) if rng.random() < 0.5 else (bad, bad_context)
+        texts.append([rng.choice(context), rng.choice(words), rng.choice(context), rng.choice(words)])
+    vocab = helpers.build_vocab(texts)
+    vectors = helpers.pretrain_word_vectors(texts, vocab, dim=4, window=2, seed=0)
+    assert vectors.shape == (len(vocab), 4)
+    assert vectors[vocab["<pad>"]].abs().sum() == 0  # padding stays zero for padding_idx
+    assert set(helpers.nearest_words(vectors, vocab, "great", k=3)) == {"superb", "lovely", "brilliant"}
+    assert set(helpers.nearest_words(vectors, vocab, "awful", k=3)) == {"dreadful", "lousy", "terrible"}
+    with pytest.raises(KeyError, match="'unseen' is not in the vocabulary"):
+        helpers.nearest_words(vectors, vocab, "unseen")
+
+
+def test_pretraining_needs_some_words_that_meet():
+    vocab = helpers.build_vocab([["lonely"]])
+    with pytest.raises(ValueError, match="no two vocabulary words occur near each other"):
+        helpers.pretrain_word_vectors([["lonely"], ["unknown"]], vocab, dim=1)
+
+
+def test_unlabelled_reviews_are_read_and_a_missing_folder_says_how_to_go_on(tmp_path):
+    reviews = helpers.read_unlabelled(helpers.SAMPLE_DIR)
+    assert len(reviews) == 200 and all(review.strip() for review in reviews)
+    with pytest.raises(FileNotFoundError, match=r"train/unsup.*pretrain_embeddings=False"):
+        helpers.read_unlabelled(tmp_path)
+
+
+def test_peak_memory_is_reported_in_mib():
+    peak = helpers.peak_memory_mib(torch.device("cpu"))
+    assert 10 < peak["cpu_rss_mib"] < 1_000_000
