@@ -8,7 +8,8 @@ It measures, in this process, with the notebook's default parameters:
   SentimentLSTM class and helpers.run_epoch: forward, loss, backward, clipping, Adam) beside a
   bare torch.nn.LSTM forward and backward on the same batch shapes, and their ratio;
 - predict_review (the notebook's own function) latency for a 250-word review: median and
-  95th percentile; and batch prediction throughput in reviews per second;
+  95th percentile, with torch's threads as they are and with one thread; and batch
+  prediction throughput in reviews per second;
 
 and it reads, from the committed notebook (a complete papermill run) and its metrics.json,
 the wall time of each notebook section and the run's peak memory. It prints a table and
@@ -36,7 +37,7 @@ import helpers  # noqa: E402
 
 NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
 METRICS = REPO / "figures" / "metrics.json"
-SEQ_LENGTHS = (128, 256, 800)  # short, typical (the median review is about 230 tokens) and capped reviews
+SEQ_LENGTHS = (128, 256, 800)  # short, typical (the median training review has 202 tokens) and capped
 
 
 def notebook_cells(path=NOTEBOOK):
@@ -95,12 +96,17 @@ def time_steps(step, n_steps, device):
     return (time.perf_counter() - start) / n_steps
 
 
-def training_throughput(namespace, p, vocab, device, n_steps):
-    model = namespace["SentimentLSTM"](
+def build_model(namespace, p, vocab, device):
+    """The notebook's SentimentLSTM with the notebook's default sizes."""
+    return namespace["SentimentLSTM"](
         vocab_size=len(vocab), embedding_dim=p["embedding_dim"], hidden_dim=p["hidden_dim"],
         n_layers=p["n_layers"], bidirectional=p["bidirectional"], embedding_dropout=p["embedding_dropout"],
         dropout=p["dropout"], pooling=p["pooling"], pad_index=0,
     ).to(device)
+
+
+def training_throughput(namespace, p, vocab, device, n_steps):
+    model = build_model(namespace, p, vocab, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
     loss_fn = nn.BCEWithLogitsLoss()
     bare = nn.LSTM(p["embedding_dim"], p["hidden_dim"], num_layers=p["n_layers"], batch_first=True,
@@ -138,24 +144,32 @@ def training_throughput(namespace, p, vocab, device, n_steps):
 
 
 def prediction_speed(cells, namespace, p, vocab, device, n_calls):
-    model = namespace["SentimentLSTM"](
-        vocab_size=len(vocab), embedding_dim=p["embedding_dim"], hidden_dim=p["hidden_dim"],
-        n_layers=p["n_layers"], bidirectional=p["bidirectional"], embedding_dropout=p["embedding_dropout"],
-        dropout=p["dropout"], pooling=p["pooling"], pad_index=0,
-    ).to(device)
+    model = build_model(namespace, p, vocab, device)
     namespace.update(model=model, vocab=vocab, max_length=p["max_length"], device=device)
     exec(cell_defining(cells, "predict_review"), namespace)  # noqa: S102 - the notebook's own function
     predict_review = namespace["predict_review"]
     review = review_of(250)
-    for _ in range(10):
-        predict_review(review)
-    latencies = []
-    for _ in range(n_calls):
-        start = time.perf_counter()
-        predict_review(review)
-        sync(device)
-        latencies.append(time.perf_counter() - start)
-    latencies_ms = np.array(latencies) * 1000
+
+    def latencies_ms():
+        for _ in range(10):
+            predict_review(review)
+        latencies = []
+        for _ in range(n_calls):
+            start = time.perf_counter()
+            predict_review(review)
+            sync(device)
+            latencies.append(time.perf_counter() - start)
+        return np.array(latencies) * 1000
+
+    latency = latencies_ms()
+    # One review is a chain of small matrix products, which more threads do not always speed up:
+    # measure with one thread too, the setting of a server that answers many requests in parallel.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        latency_one_thread = latencies_ms()
+    finally:
+        torch.set_num_threads(threads)
 
     texts, _ = helpers.read_imdb(helpers.SAMPLE_DIR, "test")
     texts = texts * 5  # 1,000 real reviews of every length
@@ -165,8 +179,9 @@ def prediction_speed(cells, namespace, p, vocab, device, n_calls):
     sync(device)
     seconds = time.perf_counter() - start
     return {"review_words": 250, "tokens": len(helpers.tokenize(review)), "calls": n_calls,
-            "latency_median_ms": float(np.median(latencies_ms)),
-            "latency_p95_ms": float(np.percentile(latencies_ms, 95)),
+            "latency_median_ms": float(np.median(latency)), "latency_p95_ms": float(np.percentile(latency, 95)),
+            "latency_1_thread_median_ms": float(np.median(latency_one_thread)),
+            "latency_1_thread_p95_ms": float(np.percentile(latency_one_thread, 95)),
             "batch_reviews": len(texts), "batch_reviews_per_s": len(texts) / seconds}
 
 
@@ -216,6 +231,8 @@ def print_table(result):
     q = result["prediction"]
     rows.append((f"predict_review, {q['review_words']} words", f"median {q['latency_median_ms']:.2f} ms, "
                                                               f"p95 {q['latency_p95_ms']:.2f} ms"))
+    rows.append((f"predict_review, {q['review_words']} words, 1 thread",
+                 f"median {q['latency_1_thread_median_ms']:.2f} ms, p95 {q['latency_1_thread_p95_ms']:.2f} ms"))
     rows.append((f"batch prediction, {q['batch_reviews']} reviews", f"{q['batch_reviews_per_s']:,.0f} reviews/s"))
     run = result["committed_run"]
     if run.get("peak_memory"):
