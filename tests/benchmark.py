@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -207,7 +208,7 @@ def committed_run():
 
 def hardware(device):
     info = {"machine": platform.machine(), "processor": platform.processor() or None,
-            "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "device": str(device)}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
