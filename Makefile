@@ -1,7 +1,10 @@
 # sentiment-lstm: `make run` trains and evaluates on the full IMDB data, `make test` checks everything.
-# Both create .venv with the pinned stack on first use; they need only Python 3.11 and pip.
+# Both create .venv with the pinned stack on first use; they need only Python 3.10, 3.11 or 3.12 and pip.
 
-PYTHON ?= python3.11
+# torch 2.3.1 (and so torchtext 0.18.0) has builds for Python 3.10 to 3.12 only. Use the first of
+# those that is installed, 3.11 first (the version the committed run used); PYTHON=... overrides.
+SUPPORTED_PYTHONS := python3.11 python3.12 python3.10
+PYTHON ?= $(firstword $(foreach p,$(SUPPORTED_PYTHONS),$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c "" 2>/dev/null && echo $(p))))
 VENV := .venv
 BIN := $(VENV)/bin
 KERNEL := sentiment-lstm
@@ -14,28 +17,38 @@ IMDB_ARCHIVE ?=
 # registered elsewhere must not shadow the one in .venv.
 export JUPYTER_PREFER_ENV_PATH := 1
 
-.PHONY: help install run test bench lint lab sweep sweep-summary publish clean
+.PHONY: help install lock run test bench lint lab sweep sweep-summary publish clean
 
 help:
 	@echo "make run      train and evaluate with the default parameters; results in a new runs/<time>/"
 	@echo "make test     lint, unit tests and notebook tests on the bundled sample"
 	@echo "make bench    speed and memory: training throughput, predict_review latency; writes figures/benchmark.json"
 	@echo "make lab      open JupyterLab with the project's kernel"
+	@echo "make lock     rewrite requirements.lock (every installed package, with hashes) from requirements.txt"
 	@echo "make sweep SWEEP=sweeps/<name>.yaml [JOBS=N]   run a hyperparameter sweep into runs/<name>/"
 	@echo "make sweep-summary SWEEP=sweeps/<name>.yaml    rewrite the summary table and plots of a sweep"
-	@echo "make publish RUN=runs/<time>   copy a run's executed notebook and figures into the repository"
+	@echo "make publish RUN=runs/<time>   make a default run's executed notebook and figures the committed ones"
 	@echo "variables: IMDB_ARCHIVE=path/to/aclImdb_v1.tar.gz  PARAMS='-p name value ...'"
 
 install: $(VENV)/.installed
 
-# Rebuilt whenever requirements.txt changes. The kernel is registered inside .venv, and every
+# Rebuilt whenever requirements.lock changes. The kernel is registered inside .venv, and every
 # papermill and nbval call below names it, so the notebook's own kernel name does not matter.
-$(VENV)/.installed: requirements.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: needs $(PYTHON) with venv (set PYTHON=...)"; exit 1; }
+$(VENV)/.installed: requirements.lock
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: torch 2.3.1 and torchtext 0.18.0 need Python 3.10, 3.11 or 3.12, and none was found (3.13 and newer have no build); install one and run again, or point PYTHON= at it: make $(MAKECMDGOALS) PYTHON=/path/to/python3.12"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: $(PYTHON) could not make a venv (on Debian: apt install python3-venv); or set PYTHON=..."; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 ($(KERNEL))" >/dev/null
 	@touch $@
+
+# Rewrite requirements.lock from requirements.txt: every package the stack installs, pinned with hashes.
+lock: install
+	$(BIN)/uv pip compile requirements.txt --universal --python-version 3.10 --generate-hashes --quiet \
+		--custom-compile-command "make lock" -o requirements.lock.new
+	{ printf '%s\n' "# The whole installed stack, transitive packages included, with hashes: \`make lock\` writes it from" \
+		"# requirements.txt with uv (universal: Python 3.10 to 3.12, Linux and macOS); \`make install\` installs it."; \
+		cat requirements.lock.new; } > requirements.lock && rm requirements.lock.new
 
 run: install
 	@set -e; run_dir=runs/$$(date +%Y-%m-%d_%H%M%S); mkdir -p runs; mkdir $$run_dir; \
@@ -68,9 +81,11 @@ sweep-summary: install
 	@test -n "$(SWEEP)" || { echo "usage: make sweep-summary SWEEP=sweeps/<name>.yaml"; exit 2; }
 	$(BIN)/python sweeps/sweep.py $(SWEEP) --summary-only
 
-publish:
+# The committed notebook must run as it is: publish_notebook drops papermill's injected-parameters
+# cell, and refuses a run that was not a default one or whose outputs name this machine's paths.
+publish: install
 	@test -n "$(RUN)" && test -f "$(RUN)/metrics.json" || { echo "usage: make publish RUN=runs/<time> (a finished run)"; exit 1; }
-	cp $(RUN)/sentiment_lstm.ipynb $(NOTEBOOK)
+	$(BIN)/python -c 'import sys, helpers; helpers.publish_notebook(*sys.argv[1:])' $(RUN)/sentiment_lstm.ipynb $(NOTEBOOK)
 	cp $(RUN)/figures/*.png figures/
 	cp $(RUN)/metrics.json figures/metrics.json
 

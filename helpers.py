@@ -1,16 +1,18 @@
 """Shared, tested helpers for the sentiment-LSTM notebook.
 
-Everything that is reusable and testable lives here: downloading and extracting the IMDB
-data, cleaning and tokenizing, the vocabulary, batching, the training and evaluation loops,
-checkpoints, metrics and plots. The notebook imports this module and tells the story; the
-LSTM itself, the thing being taught, stays in the notebook.
+The plumbing lives here: downloading and extracting the IMDB data, cleaning and tokenizing,
+the vocabulary, batching, word-vector counting, checkpoints, early-stopping bookkeeping,
+progress display, metrics and plots. The notebook imports this module and holds the lesson:
+the LSTM, the training step and the evaluation pass are written out there.
 
 Every use of torchtext is in this file, so that replacing torchtext touches nothing else.
 """
 
 from __future__ import annotations
 
+import ast
 import collections
+import difflib
 import gzip
 import hashlib
 import html
@@ -30,13 +32,41 @@ import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-import torch
-import torchtext
-from torch import nn
-from tqdm import tqdm
+STACK_FIX = 'pip install torch==2.3.1 torchtext==0.18.0 "numpy<2"'
+
+
+def check_stack(versions=None):
+    """Raise ImportError, naming both versions and the fix, unless torch 2.3.x and torchtext 0.18.x are installed.
+
+    torchtext 0.18.0, its last release, is compiled against torch 2.3; with a newer torch (the
+    usual case on hosted notebooks) `import torchtext` dies with an undefined-symbol error that
+    says nothing useful. So we compare the installed versions first, before importing it.
+    """
+    if versions is None:
+        versions = {}
+        for name in ("torch", "torchtext"):
+            try:
+                versions[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                versions[name] = None
+    torch_version, torchtext_version = versions["torch"], versions["torchtext"]
+    if (torch_version or "").startswith("2.3.") and (torchtext_version or "").startswith("0.18."):
+        return
+    found = f"torch {torch_version or '(not installed)'} and torchtext {torchtext_version or '(not installed)'}"
+    raise ImportError(f"this notebook needs torch 2.3.x with torchtext 0.18 (torchtext's last release loads only "
+                      f"with torch 2.3), but this Python has {found}. Fix: {STACK_FIX} (on Python 3.10 to 3.12), "
+                      "then restart the kernel; or run `make install` in the repository and use its kernel.")
+
+
+check_stack()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchtext  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 # torchtext warns at every import that 0.18 is its last release; the README says so once.
 torchtext.disable_torchtext_deprecation_warning()
@@ -78,6 +108,7 @@ PARAM_SPECS = {
     "imdb_archive": ParamSpec(str, "a path to aclImdb_v1.tar.gz, or '' to download"),
     "use_sample": ParamSpec(bool, "True or False"),
     "valid_fraction": ParamSpec(float, "a fraction with 0 < value < 1", lambda v: 0 < v < 1),
+    "train_size": ParamSpec(int, "0 (every training review) or an integer >= 2", lambda v: v == 0 or v >= 2),
     "n_epochs": ParamSpec(int, "an integer >= 1 (0 only with init_checkpoint)", lambda v: v >= 0),
     "patience": ParamSpec(int, "an integer >= 1", lambda v: v >= 1),
     "batch_size": ParamSpec(int, "an integer >= 1", _positive),
@@ -86,6 +117,8 @@ PARAM_SPECS = {
     "max_vocab_size": ParamSpec(int, "an integer >= 3", lambda v: v >= 3),
     "embedding_dim": ParamSpec(int, "an integer >= 1", _positive),
     "pretrain_embeddings": ParamSpec(bool, "True or False"),
+    "word_vector_window": ParamSpec(int, "an integer >= 1", _positive),
+    "ppmi_context_power": ParamSpec(float, "a float with 0 < value <= 1", lambda v: 0 < v <= 1),
     "hidden_dim": ParamSpec(int, "an integer >= 1", _positive),
     "n_layers": ParamSpec(int, "an integer >= 1", _positive),
     "bidirectional": ParamSpec(bool, "True or False"),
@@ -96,6 +129,8 @@ PARAM_SPECS = {
     "clip_norm": ParamSpec(float, "a float > 0", _positive),
     "seed": ParamSpec(int, "an integer >= 0", lambda v: v >= 0),
     "device": ParamSpec(str, "'auto', 'cpu' or 'cuda'", lambda v: v in ("auto", "cpu", "cuda")),
+    "ig_steps": ParamSpec(int, "an integer >= 1", _positive),
+    "shaded_tokens": ParamSpec(int, "an integer >= 1", _positive),
     "run_dir": ParamSpec(str, "a folder path, or '' for a new folder under runs/"),
     "init_checkpoint": ParamSpec(str, "a checkpoint folder, or '' to train"),
     "predict_file": ParamSpec(str, "a text file with one review per line, or ''"),
@@ -107,9 +142,7 @@ def validate_params(params):
     missing = sorted(set(PARAM_SPECS) - set(params))
     if missing:
         raise ValueError(f"missing parameters: {', '.join(missing)}")
-    unknown = sorted(set(params) - set(PARAM_SPECS))
-    if unknown:
-        raise ValueError(f"unknown parameters: {', '.join(unknown)}; valid: {', '.join(PARAM_SPECS)}")
+    check_parameter_names(params)
     checked = {}
     for name, spec in PARAM_SPECS.items():
         value = params[name]
@@ -129,6 +162,47 @@ def validate_params(params):
     if checked["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("parameter device='cuda' is not valid: no CUDA device is available; use 'auto' or 'cpu'")
     return checked
+
+
+def check_parameter_names(names):
+    """Raise naming each unknown parameter and the closest valid name (a typo must not run the defaults)."""
+    unknown = [name for name in names if name not in PARAM_SPECS]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, PARAM_SPECS, n=1, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown parameter{'s' if len(hints) > 1 else ''}: {', '.join(hints)}; "
+                         f"valid names: {', '.join(PARAM_SPECS)}")
+
+
+PAPERMILL_HEADER = "# Parameters\n"
+PARAMETERS_MARKER = "# Settings of a run:"  # the first line of the notebook's parameters cell
+
+
+def injected_parameters(history, parameters_marker=PARAMETERS_MARKER):
+    """The parameters papermill injected in this run, {name: value}, read from the kernel's input history.
+
+    papermill passes `-p name value` by running a cell that starts with '# Parameters' right
+    after the notebook's parameters cell, so a misspelt name would silently define a new
+    variable. We look back for that cell (in IPython's `In`), stopping at the parameters cell
+    itself (the entry holding `parameters_marker`), and return what it assigns.
+    """
+    for source in reversed(history[-10:]):
+        if source.startswith(PAPERMILL_HEADER):
+            values = {}
+            for node in ast.parse(source).body:
+                if isinstance(node, ast.Assign):
+                    for target in node.targets:
+                        if isinstance(target, ast.Name):
+                            try:
+                                values[target.id] = ast.literal_eval(node.value)
+                            except ValueError:
+                                values[target.id] = ast.unparse(node.value)
+            return values
+        if parameters_marker in source:
+            return {}
+    return {}
 
 
 # --------------------------------------------------------------------------- setup
@@ -213,6 +287,9 @@ def write_atomic(path, data):
     try:
         with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -249,7 +326,8 @@ def download(url, dest, md5=None, progress=True, timeout=60):
     total = int(response.headers.get("Content-Length") or 0) or None
     try:
         with response, open(partial, "wb") as out, tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", disable=not progress
+            total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}",
+            disable=not progress or ("ipykernel" in sys.modules and not interactive_frontend())
         ) as bar:
             try:
                 while chunk := response.read(1 << 20):
@@ -285,12 +363,14 @@ def _check_member(member, top):
         raise ValueError(f"archive member {name!r} lies outside the {top}/ folder; nothing was extracted")
 
 
-def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb"):
-    """Extract the IMDB archive once into data_dir/aclImdb, safely and atomically; return that folder."""
+def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb", md5=None):
+    """Extract the IMDB archive into data_dir/aclImdb, safely and atomically; return that folder.
+
+    The folder's `.complete` marker records the archive's name and MD5, so that a later call
+    knows which archive an extraction came from (see prepare_imdb).
+    """
     archive, data_dir = Path(archive), Path(data_dir)
     target = data_dir / top
-    if (target / ".complete").exists():
-        return target
     if not archive.is_file():
         raise FileNotFoundError(f"IMDB archive {archive} does not exist")
     try:
@@ -306,8 +386,9 @@ def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb"):
             staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=".extracting-"))
             try:
                 tar.extractall(staging, members=members, filter="data")
-                (staging / top / ".complete").touch()
-                if target.exists():  # an earlier, interrupted extraction: never trusted, replaced
+                origin = {"archive": archive.name, "md5": md5 or md5sum(archive)}
+                write_json(staging / top / ".complete", origin)
+                if target.exists():  # an interrupted extraction, or one from another archive: replaced
                     shutil.rmtree(target)
                 os.replace(staging / top, target)
             finally:
@@ -318,18 +399,45 @@ def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb"):
     return target
 
 
-def prepare_imdb(archive="", data_dir=DATA_DIR, url=IMDB_URL, md5=IMDB_MD5):
-    """Return the extracted aclImdb folder: from a local archive if given, else downloaded once."""
+def extraction_origin(folder):
+    """The {'archive', 'md5'} an extracted aclImdb folder came from; None if incomplete or unknown."""
+    marker = Path(folder) / ".complete"
+    if not marker.exists():
+        return None
+    try:
+        origin = json.loads(marker.read_text(encoding="utf-8") or "null")
+    except ValueError:
+        return {}
+    return origin if isinstance(origin, dict) else {}
+
+
+def prepare_imdb(archive="", data_dir=DATA_DIR, url=IMDB_URL, md5=IMDB_MD5, log=print):
+    """Return the extracted aclImdb folder: from a local archive if given, else downloaded once.
+
+    An earlier extraction is reused only if it came from the same archive (same MD5); an
+    archive given explicitly is never silently ignored: a different one is extracted in place of
+    the old extraction, and we say so.
+    """
     data_dir = Path(data_dir)
-    if (data_dir / "aclImdb" / ".complete").exists():
-        return data_dir / "aclImdb"
-    if archive:
-        # A local copy may be repacked, so the authors' checksum applies only to our own download.
-        return extract_imdb(archive, data_dir)
-    downloaded = data_dir / "aclImdb_v1.tar.gz"
-    if not downloaded.exists():
-        download(url, downloaded, md5=md5)
-    return extract_imdb(downloaded, data_dir)
+    target = data_dir / "aclImdb"
+    origin = extraction_origin(target)
+    if not archive:
+        if origin is not None:
+            return target
+        downloaded = data_dir / "aclImdb_v1.tar.gz"
+        if not downloaded.exists():
+            download(url, downloaded, md5=md5)
+        return extract_imdb(downloaded, data_dir, md5=md5)
+    if not Path(archive).is_file():
+        raise FileNotFoundError(f"IMDB archive {archive} does not exist")
+    # A local copy may be repacked, so the authors' checksum applies only to our own download.
+    archive_md5 = md5sum(archive)
+    if origin is not None and origin.get("md5") == archive_md5:
+        return target
+    if origin is not None:
+        log(f"{target} was extracted from {origin.get('archive', 'an unknown archive')}, not from {archive}: "
+            f"extracting {archive} in its place")
+    return extract_imdb(archive, data_dir, md5=archive_md5)
 
 
 def read_unlabelled(root):
@@ -353,6 +461,78 @@ def read_imdb(root, split):
             texts.append(path.read_text(encoding="utf-8"))
             labels.append(label)
     return texts, labels
+
+
+# Settings that say only where a run reads or writes; any other injected value makes a run non-default.
+LOCATION_PARAMETERS = ("imdb_archive", "run_dir")
+
+
+def publish_notebook(executed, destination):
+    """Copy a run's executed notebook to `destination` as the committed notebook, fit to run as it is.
+
+    papermill's injected-parameters cell is dropped, so that "Run all" uses the parameters cell's
+    defaults, and so is the run's record of paths in the notebook's metadata; images are stored
+    in fewer bytes, with the same pixels (compact_png). Refused, with
+    nothing written: a run given any parameter other than where to read and write (it would not
+    be a default run), a run that failed or was not run to the end, and outputs that name a path
+    of this machine (the repository folder, the home folder, or the archive or run folder given).
+    """
+    notebook = json.loads(Path(executed).read_text(encoding="utf-8"))
+    injected_cells = [c for c in notebook["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    injected = {}
+    for cell in injected_cells:
+        injected.update(injected_parameters(["".join(cell["source"])]))
+    not_default = sorted(set(injected) - set(LOCATION_PARAMETERS))
+    if not_default:
+        raise ValueError(f"{executed} was run with {', '.join(not_default)} set; publish only a default run")
+    notebook["cells"] = [c for c in notebook["cells"] if c not in injected_cells]
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    failed = [o for c in code for o in c.get("outputs", []) if o["output_type"] == "error"]
+    if failed or not all(c.get("execution_count") for c in code):
+        raise ValueError(f"{executed} is not one complete run: it holds errors, or cells that were not run")
+    papermill_info = notebook.get("metadata", {}).get("papermill", {})
+    for key in ("input_path", "output_path", "parameters", "environment_variables"):
+        papermill_info.pop(key, None)
+    for cell in notebook["cells"]:  # per-cell timestamps say nothing to a reader; keep each cell's duration
+        metadata = cell.get("metadata", {})
+        metadata.pop("execution", None)
+        if "papermill" in metadata:
+            metadata["papermill"] = {k: v for k, v in metadata["papermill"].items() if k == "duration"}
+    for cell in code:
+        for output in cell.get("outputs", []):
+            if "image/png" in output.get("data", {}):
+                output["data"]["image/png"] = compact_png(output["data"]["image/png"])
+    text = json.dumps(notebook)
+    paths = [str(REPO_DIR), str(Path.home()), str(injected.get("imdb_archive", ""))]
+    if Path(str(injected.get("run_dir", ""))).is_absolute():
+        paths.append(str(injected["run_dir"]))
+    found = sorted({p for p in paths if len(p) > 1 and (p in text or json.dumps(p)[1:-1] in text)})
+    if found:
+        raise ValueError(f"{executed} names paths of this machine in its outputs: {', '.join(found)}")
+    write_atomic(destination, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+    return destination
+
+
+def compact_png(png_base64):
+    """The same picture in fewer bytes: a fully opaque RGBA PNG re-encoded as RGB, optimised; pixels unchanged."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(png_base64)))
+    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", optimize=True)
+    smaller = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return smaller if len(smaller) < len(png_base64) else png_base64
+
+
+def shown_path(path):
+    """A path as a run reports it: relative to the repository when inside it, so no machine's folders show."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO_DIR).as_posix() if path.is_relative_to(REPO_DIR) else str(path)
 
 
 # --------------------------------------------------------------------------- text
@@ -414,6 +594,21 @@ def stratified_split(labels, valid_fraction, seed):
         valid_idx.extend(idx[:n_valid].tolist())
         train_idx.extend(idx[n_valid:].tolist())
     return sorted(train_idx), sorted(valid_idx)
+
+
+def stratified_subset(indices, labels, size, seed):
+    """`size` of the given indices, keeping the share of each label, reproducible from seed."""
+    indices = np.asarray(indices)
+    if size > len(indices):
+        raise ValueError(f"train_size={size} is larger than the {len(indices):,} training reviews available")
+    subset_labels = np.asarray(labels)[indices]
+    rng = np.random.default_rng([seed, size])
+    chosen = []
+    for label in np.unique(subset_labels):
+        of_label = indices[subset_labels == label]
+        n = int(round(size * len(of_label) / len(indices)))
+        chosen.extend(rng.choice(of_label, size=min(n, len(of_label)), replace=False).tolist())
+    return sorted(chosen)
 
 
 # --------------------------------------------------------------------------- word vectors
@@ -490,7 +685,7 @@ def svd_word_vectors(matrix, dim, seed=0, n_iter=4):
     return vectors / vectors.std().clamp_min(1e-12)
 
 
-def pretrain_word_vectors(token_lists, vocab, dim, window=5, seed=0):
+def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75, seed=0):
     """Word vectors for every vocabulary entry from co-occurrence counts in token_lists.
 
     The count-based cousin of word2vec: count which words appear near which (cooccurrence_matrix),
@@ -502,7 +697,7 @@ def pretrain_word_vectors(token_lists, vocab, dim, window=5, seed=0):
     counts = cooccurrence_matrix([vocab.lookup_indices(tokens) for tokens in token_lists], len(vocab), window, ignore)
     if counts._nnz() == 0:
         raise ValueError("no two vocabulary words occur near each other in the texts; nothing to learn from")
-    return svd_word_vectors(ppmi(counts), dim, seed)
+    return svd_word_vectors(ppmi(counts, context_power), dim, seed)
 
 
 def nearest_words(vectors, vocab, word, k=8):
@@ -621,78 +816,64 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- training plumbing
 
 
-def run_epoch(model, batches, loss_fn, device, optimizer=None, clip_norm=None, desc=None):
-    """One pass over batches: trains if an optimizer is given, else evaluates. Returns (loss, accuracy).
+def interactive_frontend():
+    """True in JupyterLab or Jupyter Notebook, where a live progress bar helps; False in batch runs.
 
-    With a desc, a progress bar shows the running loss and accuracy.
+    jupyter_server names the session of every kernel it starts in JPY_SESSION_NAME; papermill
+    and nbval start their kernels without it, so their saved outputs hold no bar fragments.
     """
-    training = optimizer is not None
-    model.train(training)
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(batches, desc=desc, disable=desc is None, mininterval=2.0, file=sys.stderr)
-    with torch.set_grad_enabled(training):
-        for tokens, lengths, labels, _ in bar:
-            tokens, labels = tokens.to(device), labels.to(device)
-            logits = model(tokens, lengths)
-            loss = loss_fn(logits, labels)
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-                optimizer.step()
-            total_loss += loss.item() * len(labels)
-            correct += ((logits > 0).float() == labels).sum().item()
-            seen += len(labels)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-    return total_loss / seen, correct / seen
+    return "JPY_SESSION_NAME" in os.environ
 
 
-def fit(model, train_batches, valid_batches, *, n_epochs, lr, device, checkpoint_dir, vocab=None, config=None,
-        clip_norm=1.0, patience=2):
-    """Train with Adam and binary cross-entropy; keep the best weights by validation loss.
+def progress(iterable, desc, total=None):
+    """A live progress bar over iterable in JupyterLab (a widget), nothing extra in batch runs."""
+    if not interactive_frontend():
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=1.0)
 
-    Prints one line per epoch, stops early after `patience` epochs without a better validation
-    loss, and on KeyboardInterrupt stops cleanly: the best checkpoint and the history so far
-    are kept. Returns the history, a dict of lists, plus 'best_epoch', 'seconds' and
-    'interrupted'.
+
+class EarlyStopping:
+    """The bookkeeping of early stopping: keep the best epoch by validation loss, say when to stop.
+
+    Each better validation loss saves the model's weights (with the vocabulary and configuration)
+    to checkpoint_dir; after `patience` epochs without a better one, should_stop is True.
     """
-    loss_fn = nn.BCEWithLogitsLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = {"epoch": [], "train_loss": [], "train_acc": [], "valid_loss": [], "valid_acc": [], "seconds": []}
-    best_loss, best_epoch, interrupted = float("inf"), 0, False
-    start = time.perf_counter()
-    try:
-        for epoch in range(1, n_epochs + 1):
-            epoch_start = time.perf_counter()
-            train_loss, train_acc = run_epoch(model, train_batches, loss_fn, device, optimizer, clip_norm,
-                                              desc=f"epoch {epoch}/{n_epochs} train")
-            valid_loss, valid_acc = run_epoch(model, valid_batches, loss_fn, device)
-            seconds = time.perf_counter() - epoch_start
-            values = (epoch, train_loss, train_acc, valid_loss, valid_acc, seconds)
-            for key, value in zip(history, values, strict=True):
-                history[key].append(value)
-            improved = valid_loss < best_loss
-            if improved:
-                best_loss, best_epoch = valid_loss, epoch
-                save_checkpoint(checkpoint_dir, model, vocab, config)
-            print(f"epoch {epoch}/{n_epochs}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-                  f"valid loss {valid_loss:.4f} acc {valid_acc:.4f} | {seconds:.0f} s"
-                  + ("  * best so far, saved" if improved else ""), flush=True)
-            if epoch - best_epoch >= patience:
-                print(f"early stop: no better validation loss for {patience} epochs", flush=True)
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        if best_epoch:
-            print(f"interrupted: keeping the best checkpoint (epoch {best_epoch}) and the history so far", flush=True)
-        else:
-            print("interrupted before the first epoch ended: no checkpoint was saved", flush=True)
-    history.update(best_epoch=best_epoch, seconds=time.perf_counter() - start, interrupted=interrupted)
-    return history
+
+    def __init__(self, patience, checkpoint_dir, vocab=None, config=None):
+        self.patience, self.checkpoint_dir = patience, Path(checkpoint_dir)
+        self.vocab, self.config = vocab, config
+        self.best_loss, self.best_epoch, self.epoch = float("inf"), 0, 0
+
+    def update(self, epoch, valid_loss, model):
+        """Record one epoch's validation loss; save a checkpoint and return True if it is the best so far."""
+        self.epoch = epoch
+        if valid_loss < self.best_loss:
+            self.best_loss, self.best_epoch = valid_loss, epoch
+            save_checkpoint(self.checkpoint_dir, model, self.vocab, self.config)
+            return True
+        return False
+
+    @property
+    def should_stop(self):
+        return self.epoch - self.best_epoch >= self.patience
+
+
+class StopOnInterrupt:
+    """A `with` block that ends quietly on KeyboardInterrupt (the kernel's stop button) and remembers it."""
+
+    interrupted = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.interrupted = True
+            return True  # the exception is handled: the notebook goes on with what was saved
+        return False
 
 
 @torch.no_grad()
@@ -789,7 +970,11 @@ def predict_proba(model, texts, vocab, max_length, device, batch_size=256):
             raise TypeError(f"a review must be a str, got {type(text).__name__} (item {i})")
         if not text.strip():
             raise ValueError(f"review {i} is empty or only whitespace; there is nothing to classify")
-    encoded = [numericalize(tokenize(t), vocab, max_length) or [vocab[UNK_TOKEN]] for t in texts]
+    token_lists = [tokenize(text) for text in texts]
+    for i, tokens in enumerate(token_lists):
+        if not tokens:
+            raise ValueError(f"review {i} has no words once HTML markup is removed: {texts[i][:60]!r}")
+    encoded = [numericalize(tokens, vocab, max_length) for tokens in token_lists]
     batches = BucketBatches(encoded, [0] * len(encoded), batch_size)
     return predict_batches(model, batches, device)
 
@@ -868,11 +1053,70 @@ def attribution_html(tokens, contributions):
     scale = max(float(np.max(np.abs(contributions))), 1e-9)
     spans = []
     for token, value in zip(tokens, contributions, strict=True):
-        alpha = min(abs(value) / scale, 1.0)
-        color = f"rgba(0, 150, 0, {alpha:.2f})" if value > 0 else f"rgba(210, 0, 0, {alpha:.2f})"
-        spans.append(f'<span title="{value:+.3f}" style="background:{color};padding:1px 2px;'
-                     f'border-radius:3px">{html.escape(token)}</span>')
-    return '<div style="line-height:1.9;font-family:sans-serif">' + " ".join(spans) + "</div>"
+        alpha = round(255 * min(abs(value) / scale, 1.0))
+        color = f"#009600{alpha:02x}" if value > 0 else f"#d20000{alpha:02x}"  # RGB plus opacity
+        spans.append(f'<span title="{value:+.3f}" style="background:{color}">{html.escape(token)}</span>')
+    return '<div style="line-height:1.8">' + " ".join(spans) + "</div>"
+
+
+def strongest_window(contributions, size):
+    """(start, stop) of the `size` consecutive tokens with the largest total |contribution|."""
+    weights = np.abs(np.asarray(contributions, dtype=np.float64))
+    if len(weights) <= size:
+        return 0, len(weights)
+    sums = np.convolve(weights, np.ones(size), mode="valid")  # sums[i]: tokens i .. i + size - 1
+    start = int(np.argmax(sums))
+    return start, start + size
+
+
+class ShadedTokens:
+    """Tokens shaded by contribution: HTML in Jupyter, and a plain-text form elsewhere.
+
+    The text form marks the strongest tokens with their contribution, e.g. `superb[+0.81]`,
+    so that a static page or a terminal still shows what the shading shows.
+    """
+
+    def __init__(self, tokens, contributions, caption="", n_marked=8):
+        self.tokens, self.contributions, self.caption = list(tokens), np.asarray(contributions), caption
+        self.n_marked = n_marked
+
+    def _repr_html_(self):
+        caption = f"<div>{html.escape(self.caption)}</div>" if self.caption else ""
+        return caption + attribution_html(self.tokens, self.contributions)
+
+    def __repr__(self):
+        marked = set(np.argsort(-np.abs(self.contributions))[: self.n_marked].tolist())
+        words = [f"{t}[{c:+.2f}]" if i in marked else t
+                 for i, (t, c) in enumerate(zip(self.tokens, self.contributions, strict=True))]
+        return (self.caption + "\n" if self.caption else "") + " ".join(words)
+
+
+class Table:
+    """A small table: HTML in Jupyter, aligned text elsewhere; floats rounded to `digits`."""
+
+    def __init__(self, rows, columns, digits=4):
+        self.rows, self.columns, self.digits = [list(r) for r in rows], list(columns), digits
+
+    @classmethod
+    def from_dict(cls, values, columns=("", "value"), digits=4):
+        return cls(list(values.items()), columns, digits)
+
+    def _cell(self, value):
+        if isinstance(value, float):
+            return f"{value:.{self.digits}f}"
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    def _repr_html_(self):
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(self._cell(v))}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self):
+        cells = [[str(c) for c in self.columns]] + [[self._cell(v) for v in row] for row in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+                         for row in cells)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -913,18 +1157,29 @@ def fit_temperature(logits, labels):
     return float(fine[np.argmin([log_loss(t) for t in fine])])
 
 
-def accuracy_by_length(token_counts, probs, labels, n_bins=5):
-    """Accuracy in length bins of equal size: returns (bin labels, accuracies, counts)."""
+def accuracy_by_length(token_counts, probs, labels, max_length, n_bins=4):
+    """Accuracy by review length: returns (bin labels, accuracies, counts).
+
+    Reviews that fit in max_length are split into n_bins bins of about equal size; the reviews
+    longer than max_length, which the model reads only in part, get a last bin of their own.
+    """
     token_counts, labels = np.asarray(token_counts), np.asarray(labels)
     correct = (np.asarray(probs) >= 0.5) == (labels == 1)
-    edges = np.unique(np.floor(np.quantile(token_counts, np.linspace(0, 1, n_bins + 1)))).astype(int)
+    fits = token_counts <= max_length
     names, accuracies, counts = [], [], []
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        last = high == edges[-1]  # the last bin includes its upper edge, the others stop below it
-        in_bin = (token_counts >= low) & ((token_counts <= high) if last else (token_counts < high))
-        names.append(f"{low}–{high if last else high - 1}")
-        accuracies.append(float(correct[in_bin].mean()))
-        counts.append(int(in_bin.sum()))
+    if fits.any():
+        quantiles = np.quantile(token_counts[fits], np.linspace(0, 1, n_bins + 1))
+        edges = np.unique(np.floor(quantiles)).astype(int)
+        for low, high in zip(edges[:-1], edges[1:], strict=True):
+            last = high == edges[-1]  # the last bin includes its upper edge, the others stop below it
+            in_bin = fits & (token_counts >= low) & ((token_counts <= high) if last else (token_counts < high))
+            names.append(f"{low}–{high if last else high - 1}")
+            accuracies.append(float(correct[in_bin].mean()))
+            counts.append(int(in_bin.sum()))
+    if (~fits).any():
+        names.append(f"> {max_length} (cut)")
+        accuracies.append(float(correct[~fits].mean()))
+        counts.append(int((~fits).sum()))
     return names, accuracies, counts
 
 
@@ -947,15 +1202,28 @@ def plot_history(history, path=None):
     return _save(fig, path)
 
 
-def plot_lengths(token_counts, max_length, path=None):
-    """Histogram of review lengths in tokens, with the truncation length marked."""
+def plot_lengths(token_counts, max_length, path=None, also_mark=(400,)):
+    """Histogram of review lengths in tokens, with max_length (and other lengths worth comparing) marked.
+
+    The axis stops where 99.5 % of the reviews are in (or just past the marks); the title says
+    how many longer reviews lie beyond it.
+    """
     import matplotlib.pyplot as plt
 
+    token_counts = np.asarray(token_counts)
+    marks = sorted({max_length, *also_mark})
+    right = max(float(np.quantile(token_counts, 0.995)), 1.1 * max(marks))
+    beyond = int(np.sum(token_counts > right))
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    ax.hist(token_counts, bins=60, color="tab:blue")
-    ax.axvline(max_length, color="tab:red", ls="--", label=f"max_length = {max_length}")
-    ax.set(xlabel="tokens per review", ylabel="reviews", title="Review lengths (training split)")
-    ax.legend()
+    ax.hist(token_counts[token_counts <= right], bins=60, color="tab:blue")
+    for mark in marks:
+        longer = np.mean(token_counts > mark)
+        style = {"color": "tab:red", "ls": "--"} if mark == max_length else {"color": "tab:grey", "ls": ":"}
+        name = f"max_length = {mark}" if mark == max_length else f"{mark} tokens"
+        ax.axvline(mark, label=f"{name}: {longer:.1%} of reviews are longer", **style)
+    ax.set(xlabel="tokens per review", ylabel="reviews", xlim=(0, right),
+           title="Review lengths (training split)" + (f"; {beyond:,} longer reviews not shown" if beyond else ""))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -1004,31 +1272,59 @@ def plot_attributions(tokens, contributions, title, path=None, width_in_chars=11
 
 
 def plot_accuracy_by_length(names, accuracies, counts, path=None):
-    """Test accuracy per review-length bin."""
+    """Test accuracy per review-length bin, with each bin's number of reviews; the axis starts at chance (0.5)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    bars = ax.bar(names, accuracies, color="tab:blue")
-    for bar, count in zip(bars, counts, strict=True):
-        ax.annotate(f"{count:,} reviews", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+    colors = ["tab:orange" if name.startswith(">") else "tab:blue" for name in names]
+    bars = ax.bar(names, accuracies, color=colors)
+    for bar, accuracy, count in zip(bars, accuracies, counts, strict=True):
+        ax.annotate(f"{accuracy:.3f}\n{count:,} reviews", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
-    ax.set(xlabel="review length in tokens", ylabel="test accuracy", ylim=(min(accuracies) - 0.05, 1.0),
-           title="Accuracy by review length")
+    ax.set(xlabel="review length in tokens", ylabel="test accuracy", ylim=(0.5, 1.05),
+           title="Accuracy by review length (0.5 is chance)")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_reliability(curves, path=None):
-    """Reliability diagram: accuracy against confidence per bin, for each named set of bins."""
+    """Reliability diagram: accuracy against confidence per bin, with each bin's number of predictions below."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    fig, (ax, counts_ax) = plt.subplots(2, 1, figsize=(5.2, 5.4), sharex=True, height_ratios=(3, 1.2))
     ax.plot([0.5, 1], [0.5, 1], color="grey", ls=":", label="perfect calibration")
-    for name, bins in curves.items():
-        confidence, accuracy, _ = zip(*bins, strict=True)
-        ax.plot(confidence, accuracy, "o-", label=name)
-    ax.set(xlabel="confidence of the predicted label", ylabel="accuracy", title="Reliability on the test set")
+    width = 0.05 / (len(curves) + 1)
+    for k, (name, bins) in enumerate(curves.items()):
+        confidence, accuracy, count = zip(*bins, strict=True)
+        (line,) = ax.plot(confidence, accuracy, "o-", label=name)
+        counts_ax.bar(np.asarray(confidence) + (k - (len(curves) - 1) / 2) * width, count, width=width,
+                      color=line.get_color())
+    ax.set(ylabel="accuracy", title="Reliability on the test set")
     ax.legend(fontsize=8)
+    counts_ax.set(xlabel="confidence of the predicted label", ylabel="predictions", yscale="log")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_padding_demo(tokens, lengths, reversed_tokens, mask, path=None):
+    """A toy padded batch, the same batch reversed within each length, and the pooling mask, as three grids."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    panels = (("padded batch (0 = <pad>)", tokens), ("reversed within each length", reversed_tokens),
+              ("pooling mask (1 = real token)", mask.long()))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 2.3))
+    for ax, (title, grid) in zip(axes, panels, strict=True):
+        grid = grid.numpy()
+        is_pad = ~mask.numpy()
+        ax.imshow(is_pad, cmap=ListedColormap(["#cfe3f7", "#eeeeee"]), vmin=0, vmax=1)
+        for (row, col), value in np.ndenumerate(grid):
+            ax.text(col, row, str(value), ha="center", va="center", fontsize=10,
+                    color="grey" if is_pad[row, col] else "black")
+        ax.set(title=title, xlabel="position", xticks=range(grid.shape[1]), yticks=range(grid.shape[0]),
+               yticklabels=[f"review {i} (length {n})" for i, n in enumerate(lengths.tolist())] if ax is axes[0]
+               else [])
+        ax.title.set_fontsize(10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -4,7 +4,15 @@
 
 A sweep file (YAML) holds `base` parameters shared by every run, and `runs` (a list of named
 parameter sets), a `grid` (every combination of the listed values), or both (each named run
-crossed with the grid). Each run goes to runs/<sweep>/<run>/ with its executed notebook,
+crossed with the grid). A named run may also carry an `edit` ({find: ..., replace: ...}): a
+change to the notebook's code that is no parameter (exercise 6 uses one); it is made in a copy
+of the notebook saved in the run's folder, and the text to find must occur exactly once.
+With `seeds: [42, 1, 2]` every configuration runs once per seed (folders `<run>_seed-<seed>`),
+and summary_by_config.{csv,md} reports each configuration's mean, standard deviation and
+number of seeds, and its difference from the reference configuration (the run named
+`default` or `baseline`, else the first) with that difference's standard error.
+
+Each run goes to runs/<sweep>/<run>/ with its executed notebook,
 metrics.json, checkpoint and figures. Finished runs are skipped when a sweep is started again;
 a failed run is recorded in its folder's error.txt and the others go on.
 """
@@ -15,8 +23,10 @@ import argparse
 import csv
 import itertools
 import json
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
 KERNEL = "sentiment-lstm"
 SET_BY_SWEEP = ("run_dir",)  # the sweep chooses each run's folder itself
+EDIT = "edit"  # a named run's change to the notebook's code, not a parameter
 
 
 class SweepError(ValueError):
@@ -50,10 +61,14 @@ def expand(spec, valid_names):
     """The sweep's runs as {run name: parameters}, checked against valid_names before anything runs."""
     if not isinstance(spec, dict):
         raise SweepError("a sweep file must be a mapping with 'base', 'runs' and/or 'grid'")
-    unknown_keys = set(spec) - {"name", "base", "runs", "grid"}
+    unknown_keys = set(spec) - {"name", "base", "runs", "grid", "seeds"}
     if unknown_keys:
         raise SweepError(f"unknown keys in the sweep file: {', '.join(sorted(unknown_keys))}; "
-                         "expected name, base, runs, grid")
+                         "expected name, base, runs, grid, seeds")
+    seeds = spec.get("seeds")
+    if seeds is not None and not (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds)
+                                  and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+        raise SweepError(f"'seeds' must be a non-empty list of different integers >= 0, got {seeds!r}")
     base = spec.get("base") or {}
     named = spec.get("runs") or [{}]
     grid = spec.get("grid") or {}
@@ -61,11 +76,16 @@ def expand(spec, valid_names):
         raise SweepError("the sweep file has neither 'runs' nor 'grid': nothing to run")
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise SweepError("'grid' must map each parameter to a non-empty list of values")
-    used = set(base) | set(grid) | {k for run in named for k in run if k != "name"}
+    used = set(base) | set(grid) | {k for run in named for k in run if k not in ("name", EDIT)}
+    for run in named:
+        edit = run.get(EDIT)
+        if edit is not None and not (isinstance(edit, dict) and set(edit) == {"find", "replace"}
+                                     and all(isinstance(v, str) and v for v in edit.values())):
+            raise SweepError(f"run {run.get('name')!r}: 'edit' must map 'find' and 'replace' to non-empty texts")
     misspelt = sorted(used - set(valid_names))
     if misspelt:
         raise SweepError(f"unknown parameters: {', '.join(misspelt)}. Valid names: {', '.join(valid_names)}")
-    reserved = sorted(used & set(SET_BY_SWEEP))
+    reserved = sorted(used & set(SET_BY_SWEEP + (("seed",) if seeds else ())))
     if reserved:
         raise SweepError(f"{', '.join(reserved)} is set by the sweep for each run; remove it from the sweep file")
     runs = {}
@@ -78,15 +98,25 @@ def expand(spec, valid_names):
             combo = dict(zip(grid, values, strict=True))
             parts = ([_slug(run_name)] if run_name else []) + [f"{k}-{_slug(v)}" for k, v in combo.items()]
             name = "_".join(parts)
-            if name in runs:
-                raise SweepError(f"two runs would share the folder {name}")
-            runs[name] = {**base, **run, **combo}
+            for seed in seeds or [None]:
+                folder = name if seed is None else f"{name}_seed-{seed}"
+                if folder in runs:
+                    raise SweepError(f"two runs would share the folder {folder}")
+                runs[folder] = {**base, **run, **combo, **({} if seed is None else {"seed": seed})}
     return runs
+
+
+SEED_SUFFIX = re.compile(r"_seed-(\d+)$")
+
+
+def configuration(run_name):
+    """The configuration a run belongs to: its name without the `_seed-N` a seeded sweep adds."""
+    return SEED_SUFFIX.sub("", run_name)
 
 
 def varied_parameters(runs):
     """The parameters whose value differs between runs, in a stable order."""
-    names = sorted({k for params in runs.values() for k in params})
+    names = sorted({k for params in runs.values() for k in params if k != EDIT})
     return [k for k in names if len({json.dumps(p.get(k)) for p in runs.values()}) > 1]
 
 
@@ -98,9 +128,25 @@ def is_complete(run_dir):
         return False
 
 
+def edited_notebook(edit, destination, notebook=NOTEBOOK):
+    """Write a copy of the notebook with one code change; raise unless the text occurs exactly once."""
+    source = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    cells = [c for c in source["cells"] if c["cell_type"] == "code" and edit["find"] in "".join(c["source"])]
+    count = sum("".join(c["source"]).count(edit["find"]) for c in cells)
+    if count != 1:
+        raise SweepError(f"the edit's text {edit['find']!r} occurs {count} times in the notebook's code; "
+                         "it must occur once")
+    cells[0]["source"] = "".join(cells[0]["source"]).replace(edit["find"], edit["replace"])
+    Path(destination).write_text(json.dumps(source, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(destination)
+
+
 def papermill_execute(run_dir, parameters, threads):
     """Run the notebook for one configuration in its own process; raise with the error on failure."""
-    command = [sys.executable, "-m", "papermill", str(NOTEBOOK), str(run_dir / "sentiment_lstm.ipynb"),
+    parameters = dict(parameters)
+    edit = parameters.pop(EDIT, None)
+    notebook = edited_notebook(edit, run_dir / "edited_source.ipynb") if edit else NOTEBOOK
+    command = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / "sentiment_lstm.ipynb"),
                "-k", KERNEL, "--cwd", str(REPO), "--no-progress-bar", "-y",
                yaml.safe_dump({**parameters, "run_dir": str(run_dir)})]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -164,6 +210,7 @@ def summarise(sweep_dir, runs, log=print):
             metrics = json.loads((sweep_dir / name / "metrics.json").read_text())
             history = metrics["history"]
             histories[name] = history
+            row["run_seconds"] = run_seconds(sweep_dir / name)
             row.update(status="ok", best_valid_acc=metrics["best_valid_acc"],
                        best_valid_loss=metrics["best_valid_loss"], test_accuracy=metrics["test_accuracy"],
                        epochs=len(history["epoch"]),
@@ -174,22 +221,104 @@ def summarise(sweep_dir, runs, log=print):
         rows.append(row)
     rows.sort(key=lambda r: -(r.get("best_valid_acc") or -1))
     columns = ["run", *varied, "status", "best_valid_acc", "best_valid_loss", "test_accuracy", "epochs",
-               "best_epoch", "seconds"]
+               "best_epoch", "seconds", "run_seconds"]
     with open(sweep_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
-    def cell(value):
-        return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "")
-
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if histories:
         plot_sweep(sweep_dir, runs, histories, varied, rows)
+    if any(SEED_SUFFIX.search(name) for name in runs):
+        summarise_by_configuration(sweep_dir, runs, rows, [k for k in varied if k != "seed"])
     log(f"summary: {sweep_dir / 'summary.md'}")
     return rows
+
+
+def run_seconds(run_dir):
+    """The whole run's wall time, as papermill recorded it in the executed notebook (None if unknown)."""
+    try:
+        notebook = json.loads((Path(run_dir) / "sentiment_lstm.ipynb").read_text(encoding="utf-8"))
+        return round(notebook["metadata"]["papermill"]["duration"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _cell(value):
+    """A value as a markdown table shows it: floats to 4 decimals, None as empty."""
+    return f"{value:.4f}" if isinstance(value, float) else str(value if value is not None else "")
+
+
+def _mean_sd(values):
+    mean = statistics.fmean(values) if values else None
+    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarise_by_configuration(sweep_dir, runs, rows, varied):
+    """Group a seeded sweep's runs by configuration: mean, standard deviation and seeds per metric.
+
+    Each configuration is compared with the reference (the one named `default` or `baseline`,
+    else the first): the difference of mean validation accuracies, its standard error
+    sqrt(sd1^2/n1 + sd2^2/n2), and whether the difference exceeds twice that standard error.
+    """
+    configs = list(dict.fromkeys(configuration(name) for name in runs))
+    reference = next((c for c in configs if c in ("default", "baseline")), configs[0])
+    done = {c: [r for r in rows if configuration(r["run"]) == c and r["status"] == "ok"] for c in configs}
+    summary = []
+    for config in configs:
+        first = runs[next(name for name in runs if configuration(name) == config)]
+        row = {"config": config, **{k: first.get(k, "(default)") for k in varied}, "seeds": len(done[config])}
+        for key in ("best_valid_acc", "best_valid_loss", "test_accuracy", "seconds", "run_seconds"):
+            row[f"{key}_mean"], row[f"{key}_sd"] = _mean_sd([float(r[key]) for r in done[config]
+                                                            if r.get(key) is not None])
+        summary.append(row)
+    ref = next(r for r in summary if r["config"] == reference)
+    for row in summary:
+        if row["config"] == reference or not row["seeds"] or not ref["seeds"]:
+            continue
+        row["valid_acc_vs_reference"] = row["best_valid_acc_mean"] - ref["best_valid_acc_mean"]
+        if row["best_valid_acc_sd"] is not None and ref["best_valid_acc_sd"] is not None:
+            row["vs_reference_se"] = math.sqrt(row["best_valid_acc_sd"] ** 2 / row["seeds"]
+                                               + ref["best_valid_acc_sd"] ** 2 / ref["seeds"])
+            row["beyond_noise"] = "yes" if abs(row["valid_acc_vs_reference"]) > 2 * row["vs_reference_se"] else "no"
+    summary.sort(key=lambda r: -(r["best_valid_acc_mean"] if r["best_valid_acc_mean"] is not None else -1))
+    columns = ["config", *varied, "seeds", "best_valid_acc_mean", "best_valid_acc_sd", "best_valid_loss_mean",
+               "best_valid_loss_sd", "test_accuracy_mean", "test_accuracy_sd", "seconds_mean", "run_seconds_mean",
+               "valid_acc_vs_reference", "vs_reference_se", "beyond_noise"]
+    with open(sweep_dir / "summary_by_config.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(summary)
+
+    lines = [f"Reference configuration: {reference}", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in summary]
+    (sweep_dir / "summary_by_config.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot_by_configuration(sweep_dir, summary)
+    return summary
+
+
+def plot_by_configuration(sweep_dir, summary):
+    """Mean validation accuracy per configuration, with error bars of one standard deviation over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in summary if r["seeds"]]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
+    ax.errorbar([r["best_valid_acc_mean"] for r in shown], range(len(shown)),
+                xerr=[r["best_valid_acc_sd"] or 0 for r in shown], fmt="o", capsize=4)
+    ax.set_yticks(range(len(shown)), [f"{r['config']} (n={r['seeds']})" for r in shown])
+    ax.invert_yaxis()
+    ax.set(xlabel="validation accuracy at the kept epoch (mean ± sd over seeds)",
+           title=f"Sweep {Path(sweep_dir).name}")
+    fig.tight_layout()
+    fig.savefig(Path(sweep_dir) / "valid_acc_by_config.png", dpi=120)
+    plt.close(fig)
 
 
 def plot_sweep(sweep_dir, runs, histories, varied, rows):

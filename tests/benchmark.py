@@ -5,8 +5,11 @@
 It measures, in this process, with the notebook's default parameters:
 
 - training throughput (tokens per second) of the notebook's own training step (its
-  SentimentLSTM class and helpers.run_epoch: forward, loss, backward, clipping, Adam) beside a
+  SentimentLSTM class and train_epoch: forward, loss, backward, clipping, Adam) beside a
   bare torch.nn.LSTM forward and backward on the same batch shapes, and their ratio;
+- one forward and backward pass of a bare bidirectional nn.LSTM of the model's sizes over a
+  batch of 64 reviews of 256 tokens, padded and packed (pack_padded_sequence), the figure
+  the notebook quotes for choosing padding;
 - predict_review (the notebook's own function) latency for a 250-word review: median and
   95th percentile, with torch's threads as they are and with one thread; and batch
   prediction throughput in reviews per second;
@@ -34,34 +37,13 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 import helpers  # noqa: E402
+from notebook_code import cell_defining, default_parameters, namespace  # noqa: E402
 
 NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
 METRICS = REPO / "figures" / "metrics.json"
 SEQ_LENGTHS = (128, 256, 800)  # short, typical (the median training review has 202 tokens) and capped
-
-
-def notebook_cells(path=NOTEBOOK):
-    return json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
-
-
-def cell_defining(cells, name):
-    """The source of the code cell that defines `name` (a class or function)."""
-    pattern = re.compile(rf"^(class|def) {re.escape(name)}\b", flags=re.MULTILINE)
-    for cell in cells:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and pattern.search(source):
-            return source
-    raise LookupError(f"no cell of {NOTEBOOK.name} defines {name}")
-
-
-def default_parameters(cells):
-    for cell in cells:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            namespace = {}
-            exec("".join(cell["source"]), namespace)  # noqa: S102 - the notebook's own parameters cell
-            return {k: v for k, v in namespace.items() if k in helpers.PARAM_SPECS}
-    raise LookupError(f"{NOTEBOOK.name} has no cell tagged 'parameters'")
 
 
 def sample_vocab(size):
@@ -108,6 +90,7 @@ def build_model(namespace, p, vocab, device):
 
 def training_throughput(namespace, p, vocab, device, n_steps):
     model = build_model(namespace, p, vocab, device)
+    train_epoch = namespace["train_epoch"]
     optimizer = torch.optim.Adam(model.parameters(), lr=p["lr"])
     loss_fn = nn.BCEWithLogitsLoss()
     bare = nn.LSTM(p["embedding_dim"], p["hidden_dim"], num_layers=p["n_layers"], batch_first=True,
@@ -123,7 +106,7 @@ def training_throughput(namespace, p, vocab, device, n_steps):
         inputs = torch.randn(batch, seq_len, p["embedding_dim"], generator=generator).to(device)
 
         def notebook_step(batches=batches):
-            helpers.run_epoch(model, batches, loss_fn, device, optimizer, p["clip_norm"])
+            train_epoch(model, batches, optimizer, loss_fn, p["clip_norm"], device)
 
         def bare_step(inputs=inputs):
             output, _ = bare(inputs)
@@ -144,10 +127,33 @@ def training_throughput(namespace, p, vocab, device, n_steps):
             "bare_lstm_tokens_per_s": total_tokens / bare_total, "ratio": bare_total / notebook_total}
 
 
+def packing_cost(p, device, batch=64, seq_len=256, n_steps=2):
+    """Seconds of one forward and backward pass of a bidirectional nn.LSTM, padded against packed."""
+    lstm = nn.LSTM(p["embedding_dim"], p["hidden_dim"], batch_first=True, bidirectional=True).to(device)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(batch, seq_len, p["embedding_dim"], generator=generator).to(device)
+    # Lengths as in a bucketed batch: close to the longest, a few tokens of padding each.
+    lengths = torch.randint(seq_len - 8, seq_len + 1, (batch,), generator=generator)
+    lengths[0] = seq_len
+
+    def padded_step():
+        output, _ = lstm(inputs)
+        output.sum().backward()
+
+    def packed_step():
+        packed = nn.utils.rnn.pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+        output, _ = lstm(packed)
+        nn.utils.rnn.pad_packed_sequence(output, batch_first=True)[0].sum().backward()
+
+    padded_s, packed_s = time_steps(padded_step, n_steps, device), time_steps(packed_step, n_steps, device)
+    return {"batch": batch, "seq_len": seq_len, "padded_s": padded_s, "packed_s": packed_s,
+            "slowdown": packed_s / padded_s}
+
+
 def prediction_speed(cells, namespace, p, vocab, device, n_calls):
     model = build_model(namespace, p, vocab, device)
     namespace.update(model=model, vocab=vocab, max_length=p["max_length"], device=device)
-    exec(cell_defining(cells, "predict_review"), namespace)  # noqa: S102 - the notebook's own function
+    exec(cell_defining("predict_review"), namespace)  # noqa: S102 - the notebook's own function
     predict_review = namespace["predict_review"]
     review = review_of(250)
 
@@ -229,6 +235,9 @@ def print_table(result):
                      f"{shape['bare_lstm_tokens_per_s']:,.0f} tok/s (ratio {shape['ratio']:.2f})"))
     rows.append(("train step, all shapes", f"{t['notebook_tokens_per_s']:,.0f} tok/s vs bare nn.LSTM "
                                            f"{t['bare_lstm_tokens_per_s']:,.0f} tok/s (ratio {t['ratio']:.2f})"))
+    k = result["packing"]
+    rows.append((f"bidirectional LSTM step, {k['batch']} x {k['seq_len']} tokens",
+                 f"padded {k['padded_s']:.2f} s, packed {k['packed_s']:.2f} s ({k['slowdown']:.0f} times slower)"))
     q = result["prediction"]
     rows.append((f"predict_review, {q['review_words']} words", f"median {q['latency_median_ms']:.2f} ms, "
                                                               f"p95 {q['latency_p95_ms']:.2f} ms"))
@@ -257,15 +266,15 @@ def main(argv=None):
 
     helpers.set_seed(0)
     device = helpers.choose_device(args.device)
-    cells = notebook_cells()
-    params = default_parameters(cells)
-    namespace = {"helpers": helpers, "torch": torch, "nn": nn}
-    exec(cell_defining(cells, "SentimentLSTM"), namespace)  # noqa: S102 - the notebook's own model
+    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
+    params = default_parameters()
+    definitions = namespace("SentimentLSTM", "train_epoch")
     vocab = sample_vocab(params["max_vocab_size"])
 
     result = {"hardware": hardware(device), "parameters": params}
-    result["training"] = training_throughput(namespace, params, vocab, device, args.steps)
-    result["prediction"] = prediction_speed(cells, namespace, params, vocab, device, args.calls)
+    result["training"] = training_throughput(definitions, params, vocab, device, args.steps)
+    result["packing"] = packing_cost(params, device)
+    result["prediction"] = prediction_speed(cells, definitions, params, vocab, device, args.calls)
     result["section_seconds"] = section_times(cells)
     result["committed_run"] = committed_run()
     print_table(result)

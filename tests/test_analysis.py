@@ -34,7 +34,7 @@ def test_a_token_the_model_ignores_gets_no_credit():
 def test_attribution_html_escapes_tokens_and_colours_by_sign():
     page = helpers.attribution_html(["<b>", "bad"], np.array([0.5, -1.0]))
     assert "&lt;b&gt;" in page and "<b>" not in page
-    assert "rgba(0, 150, 0, 0.50)" in page and "rgba(210, 0, 0, 1.00)" in page
+    assert "background:#00960080" in page and "background:#d20000ff" in page  # half and full opacity
 
 
 def test_expected_calibration_error_on_a_hand_made_example():
@@ -69,6 +69,32 @@ def test_sigmoid_is_stable_for_large_logits():
 def test_accuracy_by_length_bins_cover_every_review():
     counts = np.arange(1, 101)
     probs = np.where(counts >= 50, 0.9, 0.1)  # right exactly for the reviews of 50 tokens and more
-    names, accuracies, sizes = helpers.accuracy_by_length(counts, probs, labels=[1] * 100, n_bins=2)
+    names, accuracies, sizes = helpers.accuracy_by_length(counts, probs, labels=[1] * 100, max_length=200, n_bins=2)
     assert names == ["1–49", "50–100"] and sizes == [49, 51]
     assert accuracies == [0.0, 1.0]
+
+
+def test_reviews_longer_than_max_length_get_a_bin_of_their_own():
+    counts = np.arange(1, 101)
+    probs = np.where(counts > 80, 0.1, 0.9)  # wrong exactly for the reviews cut at 80 tokens
+    names, accuracies, sizes = helpers.accuracy_by_length(counts, probs, labels=[1] * 100, max_length=80, n_bins=2)
+    assert names == ["1–39", "40–80", "> 80 (cut)"] and sizes == [39, 41, 20]
+    assert accuracies == [1.0, 1.0, 0.0]
+
+
+def test_strongest_window_holds_the_largest_total_attribution():
+    contributions = np.array([0.1, -0.2, 0.3, 3.0, -2.5, 0.0, 0.0, 0.4])
+    assert helpers.strongest_window(contributions, 3) == (2, 5)
+    assert helpers.strongest_window(contributions, 20) == (0, 8)
+
+
+def test_shaded_tokens_have_a_plain_text_form_that_marks_the_strongest_words():
+    shaded = helpers.ShadedTokens(["not", "bad", "at", "all"], np.array([0.39, -1.7, 0.01, 0.02]), "probe", n_marked=2)
+    assert repr(shaded) == "probe\nnot[+0.39] bad[-1.70] at all"
+    assert "<span" in shaded._repr_html_() and "probe" in shaded._repr_html_()
+
+
+def test_a_table_rounds_floats_in_text_and_html():
+    table = helpers.Table([("accuracy", 0.912712345), ("reviews", 25000)], ("", "value"))
+    assert repr(table).splitlines() == ["          value", "accuracy  0.9127", "reviews   25,000"]
+    assert "<td>0.9127</td>" in table._repr_html_()

@@ -130,3 +130,30 @@ def test_a_corrupt_archive_gives_a_clear_error(tmp_path):
     corrupt.write_bytes(b"\x1f\x8b\x08\x00" + b"not really gzip data" * 50)
     with pytest.raises(ValueError, match="truncated or not a valid"):
         helpers.extract_imdb(corrupt, tmp_path / "data")
+
+
+def test_an_archive_given_explicitly_is_never_ignored_for_an_earlier_extraction(tiny_archive, tmp_path):
+    data_dir = tmp_path / "data"
+    root = helpers.prepare_imdb(tiny_archive, data_dir=data_dir)
+    assert helpers.extraction_origin(root) == {"archive": tiny_archive.name, "md5": helpers.md5sum(tiny_archive)}
+    stamp = (root / ".complete").stat().st_mtime_ns
+    messages = []
+    assert helpers.prepare_imdb(tiny_archive, data_dir=data_dir, log=messages.append) == root
+    assert messages == [] and (root / ".complete").stat().st_mtime_ns == stamp  # the same archive: reused
+    files = imdb_files()
+    files["aclImdb/train/pos/0_5.txt"] = "Another copy, another text."
+    other = make_archive(tmp_path / "other.tar.gz", files)
+    helpers.prepare_imdb(other, data_dir=data_dir, log=messages.append)
+    assert (root / "train" / "pos" / "0_5.txt").read_text() == "Another copy, another text."
+    assert len(messages) == 1 and "was extracted from aclImdb_v1.tar.gz, not from" in messages[0]
+    assert helpers.extraction_origin(root)["md5"] == helpers.md5sum(other)
+
+
+def test_an_extraction_of_unknown_origin_is_replaced_by_the_archive_given(tiny_archive, tmp_path):
+    root = tmp_path / "data" / "aclImdb"
+    (root / "train" / "pos").mkdir(parents=True)
+    (root / ".complete").touch()  # an extraction that recorded no archive
+    messages = []
+    helpers.prepare_imdb(tiny_archive, data_dir=tmp_path / "data", log=messages.append)
+    assert "an unknown archive" in messages[0]
+    assert (root / "train" / "pos" / "0_5.txt").exists()

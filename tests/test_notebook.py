@@ -3,10 +3,15 @@
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
+import nbclient
+import nbformat
 import papermill
 import pytest
+
+import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
@@ -67,6 +72,34 @@ def test_predict_file_writes_one_row_per_review_and_reports_blank_lines(sample_r
     assert "blank lines skipped: [2]" in outputs
 
 
+def test_metrics_json_keeps_the_seconds_of_every_epoch(sample_run):
+    history = json.loads((sample_run[0] / "metrics.json").read_text())["history"]
+    assert len(history["seconds"]) == len(history["epoch"]) == 2 and all(s > 0 for s in history["seconds"])
+
+
+def test_the_batch_outputs_hold_one_line_per_epoch_and_no_progress_bar_fragments(sample_run):
+    _, notebook = sample_run
+    training = next(c for c in notebook["cells"] if "with helpers.StopOnInterrupt()" in "".join(c["source"]))
+    text = "".join("".join(o.get("text", "")) for o in training["outputs"])
+    assert [line.split(":")[0] for line in text.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+    assert all(o.get("name") != "stderr" for c in notebook["cells"] for o in c.get("outputs", []))
+
+
+def test_rich_outputs_carry_a_readable_plain_text_form(sample_run):
+    _, notebook = sample_run
+    for cell in notebook["cells"]:
+        for output in cell.get("outputs", []):
+            plain = "".join(output.get("data", {}).get("text/plain", ""))
+            assert not plain.startswith("<IPython.core.display"), plain
+
+
+def test_a_misspelt_parameter_stops_the_run_naming_the_closest_valid_name(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        execute(tmp_path, "typo", n_epoch=1)
+    assert "unknown parameter: 'n_epoch' (did you mean 'n_epochs'?)" in error.value.evalue
+    assert not (tmp_path / "typo").exists()  # stopped before the run folder, let alone the data
+
+
 def test_reloading_the_checkpoint_reproduces_the_predictions(sample_run, tmp_path):
     first_dir, _ = sample_run
     reload_dir, _ = execute(tmp_path, "reload", init_checkpoint=str(first_dir / "checkpoint"), n_epochs=0,
@@ -76,6 +109,9 @@ def test_reloading_the_checkpoint_reproduces_the_predictions(sample_run, tmp_pat
     assert reloaded["test_accuracy"] == first["test_accuracy"]
     assert reloaded["test_loss"] == pytest.approx(first["test_loss"], abs=1e-9)
     assert reloaded["pretraining_seconds"] == 0  # the checkpoint's trained vectors are used
+    # The record holds the configuration the model really had, not the ignored parameter.
+    assert reloaded["config"]["model"]["hidden_dim"] == 16 and reloaded["config"]["max_length"] == 200
+    assert reloaded["config"] == first["config"]
 
 
 def test_without_pretraining_the_model_starts_from_random_vectors(sample_run, tmp_path):
@@ -125,3 +161,52 @@ def test_a_later_run_can_train_on_from_a_saved_checkpoint(sample_run, tmp_path):
     # It starts from the trained weights, so its first epoch beats the first run's first epoch.
     assert on["history"]["train_loss"][0] < first["history"]["train_loss"][0]
     assert (on_dir / "checkpoint" / "weights.pt").exists()
+
+
+def run_committed_notebook(cwd, use_sample=True):
+    """Execute the committed notebook itself, as "Run all" does in JupyterLab, from folder cwd.
+
+    The one change is the one a reader makes: `use_sample = False` becomes `True` in the
+    parameters cell. Returns the executed notebook and the run folder it made under runs/.
+    """
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    assert "use_sample = False" in parameters.source
+    if use_sample:
+        parameters.source = parameters.source.replace("use_sample = False", "use_sample = True", 1)
+    before = set(helpers.RUNS_DIR.glob("*")) if helpers.RUNS_DIR.exists() else set()
+    client = nbclient.NotebookClient(notebook, kernel_name=KERNEL, timeout=600, resources={"metadata": {"path": cwd}})
+    try:
+        client.execute()
+    finally:
+        made = sorted(set(helpers.RUNS_DIR.glob("*")) - before)
+    return notebook, made
+
+
+def test_the_committed_notebook_runs_as_it_is_from_notebooks_and_from_the_root_twice(tmp_path):
+    made = []
+    try:
+        for cwd in (REPO / "notebooks", REPO / "notebooks", REPO):
+            notebook, runs = run_committed_notebook(cwd)
+            made += runs
+            assert len(runs) == 1 and (runs[0] / "metrics.json").exists()
+            errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
+            assert errors == []
+    finally:
+        for run in made:
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def test_the_committed_notebook_is_a_clean_default_run():
+    notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    tags = [t for c in notebook["cells"] for t in c.get("metadata", {}).get("tags", [])]
+    assert "injected-parameters" not in tags and tags.count("parameters") == 1
+    assert "parameters" not in notebook["metadata"].get("papermill", {})
+    text = NOTEBOOK.read_text(encoding="utf-8")
+    for machine_path in (str(REPO), "/root/", "/home/", "/tmp/", "shared/data"):
+        assert machine_path not in text, machine_path
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code]
+    assert all(counts) and counts == sorted(counts), "not one top-to-bottom run"
+    assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
+    assert NOTEBOOK.stat().st_size < 300_000

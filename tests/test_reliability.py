@@ -10,12 +10,48 @@ import helpers
 from conftest import TinyModel
 
 DEFAULTS = dict(
-    imdb_archive="", use_sample=True, valid_fraction=0.1, n_epochs=1, patience=2, batch_size=8, max_length=50,
-    min_freq=1, max_vocab_size=100, embedding_dim=8, pretrain_embeddings=True, hidden_dim=8, n_layers=1,
-    bidirectional=True, pooling="max", embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0,
-    device="cpu", run_dir="",
+    imdb_archive="", use_sample=True, valid_fraction=0.1, train_size=0, n_epochs=1, patience=2, batch_size=8,
+    max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, pretrain_embeddings=True, word_vector_window=5,
+    ppmi_context_power=0.75, hidden_dim=8, n_layers=1, bidirectional=True, pooling="max", embedding_dropout=0.0,
+    dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0, device="cpu", ig_steps=8, shaded_tokens=10, run_dir="",
     init_checkpoint="", predict_file="",
 )
+
+# At least one bad value for every parameter, with what the error must say.
+BAD_VALUES = [
+    ("imdb_archive", "/no/such/archive.tar.gz", "imdb_archive='/no/such/archive.tar.gz' is not valid: no such"),
+    ("imdb_archive", 3, "imdb_archive=3 is not valid: expected a path"),
+    ("use_sample", "yes", "use_sample='yes' is not valid: expected True or False"),
+    ("valid_fraction", 1.0, "valid_fraction=1.0 is not valid: expected a fraction"),
+    ("train_size", 1, "train_size=1 is not valid: expected 0 \\(every training review\\) or an integer >= 2"),
+    ("train_size", -5, "train_size=-5 is not valid"),
+    ("n_epochs", 0, "n_epochs=0 is only valid with init_checkpoint"),
+    ("n_epochs", 2.5, "n_epochs=2.5 is not valid: expected an integer"),
+    ("patience", 0, "patience=0 is not valid: expected an integer >= 1"),
+    ("batch_size", True, "batch_size=True is not valid"),
+    ("max_length", 0, "max_length=0 is not valid"),
+    ("min_freq", 0, "min_freq=0 is not valid"),
+    ("max_vocab_size", 2, "max_vocab_size=2 is not valid: expected an integer >= 3"),
+    ("embedding_dim", -1, "embedding_dim=-1 is not valid"),
+    ("pretrain_embeddings", 1, "pretrain_embeddings=1 is not valid: expected True or False"),
+    ("word_vector_window", 0, "word_vector_window=0 is not valid"),
+    ("ppmi_context_power", 1.5, "ppmi_context_power=1.5 is not valid: expected a float with 0 < value <= 1"),
+    ("hidden_dim", 0, "hidden_dim=0 is not valid"),
+    ("n_layers", 0, "n_layers=0 is not valid"),
+    ("bidirectional", "yes", "bidirectional='yes' is not valid: expected True or False"),
+    ("pooling", "min", "pooling='min' is not valid"),
+    ("embedding_dropout", -0.1, "embedding_dropout=-0.1 is not valid"),
+    ("dropout", 1.0, "dropout=1.0 is not valid: expected a float with 0 <= value < 1"),
+    ("lr", -0.1, "lr=-0.1 is not valid"),
+    ("clip_norm", 0.0, "clip_norm=0.0 is not valid"),
+    ("seed", -1, "seed=-1 is not valid"),
+    ("device", "tpu", "device='tpu' is not valid: expected 'auto', 'cpu' or 'cuda'"),
+    ("ig_steps", 0, "ig_steps=0 is not valid"),
+    ("shaded_tokens", 0, "shaded_tokens=0 is not valid"),
+    ("run_dir", None, "run_dir=None is not valid: expected a folder path"),
+    ("init_checkpoint", "/no/such/checkpoint", "init_checkpoint='/no/such/checkpoint' is not valid: no such"),
+    ("predict_file", "/no/such/file.txt", "predict_file='/no/such/file.txt' is not valid"),
+]
 
 
 def test_valid_parameters_pass_and_an_int_learning_rate_becomes_a_float():
@@ -23,26 +59,18 @@ def test_valid_parameters_pass_and_an_int_learning_rate_becomes_a_float():
     assert checked["lr"] == 1.0 and isinstance(checked["lr"], float)
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("n_epochs", 0, "n_epochs=0 is only valid with init_checkpoint"),
-    ("n_epochs", 2.5, "n_epochs=2.5 is not valid: expected an integer"),
-    ("dropout", 1.0, "dropout=1.0 is not valid: expected a float with 0 <= value < 1"),
-    ("lr", -0.1, "lr=-0.1 is not valid"),
-    ("hidden_dim", 0, "hidden_dim=0 is not valid"),
-    ("bidirectional", "yes", "bidirectional='yes' is not valid: expected True or False"),
-    ("batch_size", True, "batch_size=True is not valid"),
-    ("device", "tpu", "device='tpu' is not valid: expected 'auto', 'cpu' or 'cuda'"),
-    ("pooling", "min", "pooling='min' is not valid"),
-    ("imdb_archive", "/no/such/archive.tar.gz", "imdb_archive='/no/such/archive.tar.gz' is not valid: no such"),
-    ("predict_file", "/no/such/file.txt", "predict_file='/no/such/file.txt' is not valid"),
-])
+@pytest.mark.parametrize("name, value, message", BAD_VALUES)
 def test_a_bad_parameter_is_named_with_its_value_and_what_is_allowed(name, value, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("+", r"\+")):
+    with pytest.raises(ValueError, match=message.replace("+", r"\+")):
         helpers.validate_params(dict(DEFAULTS, **{name: value}))
 
 
+def test_every_parameter_has_a_bad_value_test():
+    assert {name for name, _, _ in BAD_VALUES} == set(helpers.PARAM_SPECS) == set(DEFAULTS)
+
+
 def test_unknown_and_missing_parameters_are_listed():
-    with pytest.raises(ValueError, match="unknown parameters: hiden_dim; valid: imdb_archive"):
+    with pytest.raises(ValueError, match="unknown parameter: 'hiden_dim' \\(did you mean 'hidden_dim'\\?\\); valid"):
         helpers.validate_params(dict(DEFAULTS, hiden_dim=8))
     with pytest.raises(ValueError, match="missing parameters: seed"):
         helpers.validate_params({k: v for k, v in DEFAULTS.items() if k != "seed"})
@@ -171,47 +199,18 @@ def test_a_run_folder_holding_a_run_is_never_reused(tmp_path):
     assert helpers.new_run_dir(runs_dir=tmp_path / "runs") != helpers.new_run_dir(runs_dir=tmp_path / "runs")
 
 
-def _toy_batches(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n).tolist()
-    # Positive reviews use tokens 2-9, negative ones 10-19: an easy task for a tiny LSTM.
-    sequences = [rng.integers(2, 10, rng.integers(3, 12)).tolist() if y else
-                 rng.integers(10, 20, rng.integers(3, 12)).tolist() for y in labels]
-    return sequences, labels
+@pytest.mark.parametrize("versions, found", [
+    ({"torch": "2.5.1", "torchtext": "0.18.0"}, "torch 2.5.1 and torchtext 0.18.0"),
+    ({"torch": "2.3.1", "torchtext": None}, "torch 2.3.1 and torchtext (not installed)"),
+    ({"torch": "2.3.1", "torchtext": "0.17.2"}, "torch 2.3.1 and torchtext 0.17.2"),
+])
+def test_a_mismatched_stack_is_named_with_both_versions_and_the_install_line(versions, found):
+    with pytest.raises(ImportError) as error:
+        helpers.check_stack(versions)
+    assert found in str(error.value)
+    assert 'pip install torch==2.3.1 torchtext==0.18.0 "numpy<2"' in str(error.value)
 
 
-def _fit(tmp_path, n_epochs=3, seed=0, batches_cls=helpers.BucketBatches):
-    helpers.set_seed(seed)
-    model = TinyModel(vocab_size=20)
-    sequences, labels = _toy_batches()
-    train = batches_cls(sequences, labels, 8, shuffle=True, seed=seed)
-    valid = helpers.BucketBatches(*_toy_batches(32, seed=1), 16)
-    history = helpers.fit(model, train, valid, n_epochs=n_epochs, lr=0.02, device="cpu",
-                          checkpoint_dir=tmp_path / "ck", patience=5)
-    return model, history
-
-
-def test_training_learns_the_toy_task_and_keeps_the_best_checkpoint(tmp_path):
-    model, history = _fit(tmp_path, n_epochs=6)
-    assert history["valid_acc"][-1] > 0.9
-    assert history["best_epoch"] == int(np.argmin(history["valid_loss"])) + 1
-    assert (tmp_path / "ck" / "weights.pt").exists()
-
-
-def test_two_runs_with_one_seed_match_exactly(tmp_path):
-    _, first = _fit(tmp_path / "a")
-    _, second = _fit(tmp_path / "b")
-    assert first["valid_loss"] == second["valid_loss"] and first["train_loss"] == second["train_loss"]
-
-
-def test_an_interrupt_keeps_the_best_checkpoint_and_the_history(tmp_path):
-    class InterruptedBatches(helpers.BucketBatches):
-        def __iter__(self):
-            if self.epoch == 2:  # the user presses stop during the third epoch
-                raise KeyboardInterrupt
-            yield from super().__iter__()
-
-    _, history = _fit(tmp_path, n_epochs=5, batches_cls=InterruptedBatches)
-    assert history["interrupted"] and history["epoch"] == [1, 2]
-    state = torch.load(tmp_path / "ck" / "weights.pt", weights_only=True)
-    assert set(state) == set(TinyModel(vocab_size=20).state_dict())
+def test_the_pinned_stack_passes_the_check():
+    helpers.check_stack({"torch": "2.3.1+cu121", "torchtext": "0.18.0+cpu"})
+    helpers.check_stack()  # this environment

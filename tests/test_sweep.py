@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "sweeps"))
 
 import sweep  # noqa: E402
 
-NAMES = ["use_sample", "n_epochs", "hidden_dim", "pooling", "bidirectional", "lr", "run_dir"]
+NAMES = ["use_sample", "n_epochs", "hidden_dim", "pooling", "bidirectional", "lr", "seed", "run_dir"]
 
 
 def write_spec(tmp_path, spec, name="demo"):
@@ -47,6 +47,10 @@ def test_named_runs_are_crossed_with_the_grid_and_override_base():
     ({"grid": {"hidden_dim": []}}, "non-empty list"),
     ({"runs": [{"hidden_dim": 8}]}, "needs a name"),
     ({"gird": {"hidden_dim": [8]}}, "unknown keys in the sweep file: gird"),
+    ({"runs": [{"name": "e", "edit": {"find": "x"}}]}, "'edit' must map 'find' and 'replace'"),
+    ({"grid": {"hidden_dim": [8]}, "seeds": [1, 1]}, "'seeds' must be a non-empty list of different integers"),
+    ({"grid": {"hidden_dim": [8]}, "seeds": []}, "'seeds' must be a non-empty list"),
+    ({"grid": {"hidden_dim": [8]}, "base": {"seed": 3}, "seeds": [1, 2]}, "seed is set by the sweep"),
 ])
 def test_a_bad_sweep_file_is_refused_before_any_run(tmp_path, spec, message):
     calls = []
@@ -64,7 +68,7 @@ def fake_execute(fail=()):
         calls.append(run_dir.name)
         if run_dir.name in fail:
             raise RuntimeError("ValueError: parameter hidden_dim=-1 is not valid")
-        acc = 0.5 + params.get("hidden_dim", 0) / 100
+        acc = 0.5 + params.get("hidden_dim", 0) / 100 + params.get("seed", 0) / 1000
         history = {"epoch": [1, 2], "valid_loss": [0.7, 0.6], "valid_acc": [acc - 0.01, acc]}
         (run_dir / "metrics.json").write_text(json.dumps({
             "test_accuracy": acc, "best_valid_acc": acc, "best_valid_loss": 0.6, "best_epoch": 2,
@@ -123,3 +127,57 @@ def test_the_smoke_sweep_runs_the_real_notebook_on_the_sample(tmp_path):
     metrics = json.loads((sweep_dir / "bi_pooling-max" / "metrics.json").read_text())
     assert metrics["environment"]["torch_threads"] == max(1, os.cpu_count() // 2)  # two workers share the cores
     assert "| run | bidirectional | pooling |" in (sweep_dir / "summary.md").read_text()
+
+
+def test_seeds_repeat_every_configuration_and_the_summary_gives_mean_sd_and_the_difference(tmp_path):
+    spec = write_spec(tmp_path, {"runs": [{"name": "default"}, {"name": "wide", "hidden_dim": 16},
+                                          {"name": "narrow", "hidden_dim": -0.5}], "seeds": [1, 5, 9]})
+    sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", execute=fake_execute(), valid_names=NAMES,
+                                        log=lambda *a: None)
+    assert failed == [] and sorted(p.name for p in sweep_dir.glob("wide_seed-*")) == [
+        "wide_seed-1", "wide_seed-5", "wide_seed-9"]
+    assert json.loads((sweep_dir / "wide_seed-5" / "metrics.json").read_text())["best_valid_acc"] == 0.5 + 0.16 + 0.005
+    with open(sweep_dir / "summary_by_config.csv", newline="") as f:
+        rows = {row["config"]: row for row in csv.DictReader(f)}
+    assert list(rows) == ["wide", "default", "narrow"]  # by mean validation accuracy
+    wide = rows["wide"]
+    assert wide["seeds"] == "3"
+    assert float(wide["best_valid_acc_mean"]) == pytest.approx(0.665)
+    assert float(wide["best_valid_acc_sd"]) == pytest.approx(0.004)  # seeds 1, 5, 9 -> +0.001, +0.005, +0.009
+    assert float(wide["valid_acc_vs_reference"]) == pytest.approx(0.16)
+    assert float(wide["vs_reference_se"]) == pytest.approx((2 * 0.004**2 / 3) ** 0.5)
+    assert wide["beyond_noise"] == "yes"
+    assert float(rows["narrow"]["valid_acc_vs_reference"]) == pytest.approx(-0.005)
+    assert rows["narrow"]["beyond_noise"] == "no"  # 0.5 points, within two standard errors of 0.33
+    assert rows["default"]["valid_acc_vs_reference"] == ""  # the reference itself
+    assert "Reference configuration: default" in (sweep_dir / "summary_by_config.md").read_text()
+    assert (sweep_dir / "valid_acc_by_config.png").exists()
+
+
+def test_an_edit_must_find_its_text_exactly_once(tmp_path):
+    copy = sweep.edited_notebook({"find": "return helpers.reverse_padded(x, lengths)", "replace": "return x.flip(1)"},
+                                 tmp_path / "edited.ipynb")
+    sources = ["".join(c["source"]) for c in json.loads(copy.read_text())["cells"] if c["cell_type"] == "code"]
+    assert sum("return x.flip(1)" in s for s in sources) == 1
+    assert not any("return helpers.reverse_padded(x, lengths)" in s for s in sources)
+    for text in ("no such code anywhere", "helpers."):
+        with pytest.raises(sweep.SweepError, match="it must occur once"):
+            sweep.edited_notebook({"find": text, "replace": "x"}, tmp_path / "bad.ipynb")
+
+
+def test_every_exercise_runs_on_the_sample(tmp_path):
+    """The exercises' sweep file, with its full-data base swapped for tiny settings on the sample."""
+    spec = yaml.safe_load((REPO / "sweeps" / "exercises.yaml").read_text())
+    assert spec["base"] == {"train_size": 2500} and spec.pop("seeds") == [42, 1, 2]
+    spec["base"] = {"use_sample": True, "train_size": 100, "n_epochs": 1, "embedding_dim": 8, "hidden_dim": 8,
+                    "max_vocab_size": 2000}
+    names = [run["name"] for run in spec["runs"]]
+    assert names == ["baseline", "ex1-last-pooling", "ex2-no-pretrained-vectors", "ex3-max-length-400",
+                     "ex3-max-length-1600", "ex4-one-direction", "ex6-padding-first"]
+    sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, "exercises"), tmp_path / "runs", jobs=2)
+    assert failed == []
+    edited = json.loads((sweep_dir / "ex6-padding-first" / "sentiment_lstm.ipynb").read_text())
+    assert any("return x.flip(1)" in "".join(c["source"]) for c in edited["cells"])
+    for name in names:
+        metrics = json.loads((sweep_dir / name / "metrics.json").read_text())
+        assert metrics["n_train_reviews"] == 100, name

@@ -1,0 +1,113 @@
+"""The README's numbers that can be checked against committed files are checked here.
+
+The results table against figures/metrics.json (the committed run), and the sweep tables
+(ablation, pooling, exercises) against their summaries in figures/.
+"""
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text(encoding="utf-8")
+METRICS = json.loads((REPO / "figures" / "metrics.json").read_text(encoding="utf-8"))
+
+
+def section(heading):
+    """The README text from a heading to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = README.index(heading + "\n")
+    rest = README[start + len(heading):]
+    end = re.search(rf"^#{{1,{len(level)}}} ", rest, flags=re.MULTILINE)
+    return rest[: end.start()] if end else rest
+
+
+def table_rows(text):
+    """The rows of the first markdown table in text, as lists of stripped cells (header and rule left out)."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def csv_rows(name):
+    with open(REPO / "figures" / name, newline="", encoding="utf-8") as f:
+        return {row["run"]: row for row in csv.DictReader(f)}
+
+
+def test_the_results_table_is_the_committed_runs_metrics():
+    rows = dict(table_rows(section("## Results of the committed run")))
+    m, calibration = METRICS, METRICS["calibration"]
+    ece = f"{calibration['test_ece']:.4f} / {calibration['test_ece_scaled']:.4f}"
+    expected = {
+        "test accuracy (25,000 reviews)": f"**{m['test_accuracy']:.4f}**",
+        "test loss (binary cross-entropy)": f"{m['test_loss']:.4f}",
+        "precision / recall / F1": f"{m['test_precision']:.4f} / {m['test_recall']:.4f} / {m['test_f1']:.4f}",
+        "best epoch (by validation loss)": f"{m['best_epoch']} of {len(m['history']['epoch'])} run",
+        "validation accuracy at the best epoch": f"{m['best_valid_acc']:.4f}",
+        "word-vector pretraining": f"{m['pretraining_seconds']:.0f} s",
+        "training time": f"{m['training_seconds'] / 60:.1f} min",
+        "expected calibration error, before / after temperature scaling":
+            f"{ece} (T = {calibration['temperature']:.2f})",
+        "peak memory (resident, the notebook's kernel)": f"{m['peak_memory']['cpu_rss_mib'] / 1024:.1f} GiB",
+    }
+    for name, value in expected.items():
+        assert rows.get(name) == value, name
+
+
+def test_the_model_size_in_the_readme_is_the_committed_runs():
+    assert f"{METRICS['n_parameters']:,} parameters" in README
+    assert f"{METRICS['config']['model']['vocab_size']:,} word vectors" in README
+
+
+@pytest.mark.parametrize("heading, summary, columns", [
+    ("## What each choice is worth: the ablation", "sweep_ablation_summary.csv",
+     {2: "best_valid_acc", 4: "best_valid_loss", 6: "test_accuracy"}),
+    ("### A sweep on the full data: how to pool the LSTM's outputs", "sweep_pooling_summary.csv",
+     {3: "best_valid_acc", 4: "best_valid_loss", 5: "test_accuracy"}),
+])
+def test_every_sweep_table_matches_its_summary(heading, summary, columns):
+    rows, expected = table_rows(section(heading)), csv_rows(summary)
+    assert sorted(row[0] for row in rows) == sorted(expected)
+    for row in rows:
+        for index, key in columns.items():
+            assert row[index] == f"{float(expected[row[0]][key]):.4f}", (row[0], key)
+
+
+def test_the_exercise_table_matches_the_seeded_summary():
+    rows = table_rows(section("## Exercises in class"))
+    with open(REPO / "figures" / "sweep_exercises_by_config.csv", newline="", encoding="utf-8") as f:
+        expected = {row["config"]: row for row in csv.DictReader(f)}
+    assert sorted(row[0] for row in rows) == sorted(expected)
+    for row in rows:
+        want = expected[row[0]]
+        assert row[2] == want["seeds"]
+        assert row[3] == f"{float(want['best_valid_acc_mean']):.4f} ± {float(want['best_valid_acc_sd']):.4f}"
+        if want["valid_acc_vs_reference"]:
+            diff, se = float(want["valid_acc_vs_reference"]), float(want["vs_reference_se"])
+            assert row[4] == f"{100 * diff:+.1f} ± {100 * se:.1f} pt" and row[5] == want["beyond_noise"]
+        assert row[6] == f"{float(want['test_accuracy_mean']):.4f}"
+        assert row[7] == f"{float(want['run_seconds_mean']):.0f}"
+
+
+def test_the_notebooks_exercise_answers_match_the_seeded_summary():
+    """The answers table at the end of the notebook quotes the same runs as the README."""
+    notebook = json.loads((REPO / "notebooks" / "sentiment_lstm.ipynb").read_text(encoding="utf-8"))
+    answers = "".join(notebook["cells"][-1]["source"])
+    assert answers.startswith("### Answers")
+    with open(REPO / "figures" / "sweep_exercises_by_config.csv", newline="", encoding="utf-8") as f:
+        expected = {row["config"]: row for row in csv.DictReader(f)}
+    labels = {"baseline (defaults)": "baseline", '1. `pooling = "last"`': "ex1-last-pooling",
+              "2. `pretrain_embeddings = False`": "ex2-no-pretrained-vectors",
+              "3. `max_length = 400`": "ex3-max-length-400", "3. `max_length = 1600`": "ex3-max-length-1600",
+              "4. `bidirectional = False`": "ex4-one-direction", "6. padding read first": "ex6-padding-first"}
+    rows = table_rows(answers)
+    assert sorted(labels[row[0]] for row in rows) == sorted(expected)
+    for row in rows:
+        want = expected[labels[row[0]]]
+        assert row[1] == f"{float(want['best_valid_acc_mean']):.4f} ± {float(want['best_valid_acc_sd']):.4f}"
+        if want["valid_acc_vs_reference"]:
+            diff, se = float(want["valid_acc_vs_reference"]), float(want["vs_reference_se"])
+            assert row[2] == f"{100 * diff:+.1f} ± {100 * se:.1f} pt".replace("-", "−")
+        assert row[5] == f"{float(want['run_seconds_mean']) / 60:.1f} min"

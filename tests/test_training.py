@@ -1,0 +1,185 @@
+"""The notebook's own model, training step, evaluation pass, early stopping and predict_review."""
+
+import numpy as np
+import pytest
+import torch
+
+import helpers
+from conftest import TinyModel
+from notebook_code import cell_containing, namespace
+
+torch.set_num_threads(1)
+
+
+def sentiment_lstm(**overrides):
+    config = dict(vocab_size=40, embedding_dim=6, hidden_dim=5, n_layers=1, bidirectional=True,
+                  embedding_dropout=0.0, dropout=0.0, pooling="max", pad_index=0)
+    torch.manual_seed(0)
+    return namespace("SentimentLSTM")["SentimentLSTM"](**dict(config, **overrides)).eval()
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
+@pytest.mark.parametrize("n_layers, bidirectional", [(1, True), (2, True), (2, False)])
+def test_a_review_gets_the_same_logit_whatever_padding_follows_it(pooling, n_layers, bidirectional):
+    model = sentiment_lstm(pooling=pooling, n_layers=n_layers, bidirectional=bidirectional)
+    review = [5, 9, 13, 2, 7]
+    alone = model(torch.tensor([review]), torch.tensor([5]))
+    for padding in (1, 4, 30):
+        tokens, lengths = helpers.pad_batch([review, [3] * (5 + padding)])
+        batched = model(tokens, lengths)
+        assert batched[0].item() == pytest.approx(alone.item(), abs=1e-6)
+
+
+def test_reading_padding_first_changes_the_logit_which_is_why_the_model_reverses_within_length():
+    model = sentiment_lstm()
+    model.reverse = lambda x, lengths: x.flip(1)  # exercise 6's edit
+    review = [5, 9, 13, 2, 7]
+    alone = model(torch.tensor([review]), torch.tensor([5]))
+    tokens, lengths = helpers.pad_batch([review, [3] * 12])
+    assert model(tokens, lengths)[0].item() != pytest.approx(alone.item(), abs=1e-4)
+
+
+def _toy_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).tolist()
+    # Positive reviews use tokens 2-9, negative ones 10-19: an easy task for a tiny LSTM.
+    sequences = [rng.integers(2, 10, rng.integers(3, 12)).tolist() if y else
+                 rng.integers(10, 20, rng.integers(3, 12)).tolist() for y in labels]
+    return sequences, labels
+
+
+def _train(n_epochs=4, seed=0):
+    space = namespace("train_epoch", "evaluate")
+    helpers.set_seed(seed)
+    model = TinyModel(vocab_size=20)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=seed)
+    valid = helpers.BucketBatches(*_toy_data(32, seed=1), 16)
+    history = []
+    for _ in range(n_epochs):
+        train_result = space["train_epoch"](model, train, optimizer, loss_fn, 1.0, "cpu")
+        history.append((*train_result, *space["evaluate"](model, valid, loss_fn, "cpu")))
+    return model, history
+
+
+def test_the_training_step_learns_the_toy_task():
+    model, history = _train(n_epochs=6)
+    train_loss, train_acc, clipped, valid_loss, valid_acc = zip(*history, strict=True)
+    assert valid_acc[-1] > 0.9 and valid_loss[-1] < valid_loss[0] and train_loss[-1] < train_loss[0]
+    assert all(0 <= share <= 1 for share in clipped)
+
+
+def test_two_trainings_with_one_seed_match_exactly():
+    assert _train(seed=3)[1] == _train(seed=3)[1]
+
+
+def test_evaluate_leaves_the_weights_alone_and_turns_dropout_off():
+    space = namespace("evaluate")
+    model = sentiment_lstm(dropout=0.5, embedding_dropout=0.5).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = helpers.BucketBatches([[5, 6, 7], [8, 9]], [1, 0], 2)
+    first = space["evaluate"](model, batches, torch.nn.BCEWithLogitsLoss(), "cpu")
+    assert not model.training
+    assert space["evaluate"](model, batches, torch.nn.BCEWithLogitsLoss(), "cpu") == first  # no dropout noise
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_early_stopping_stops_after_patience_and_keeps_the_best_epochs_weights(tmp_path):
+    model = TinyModel(vocab_size=20)
+    stopper = helpers.EarlyStopping(2, tmp_path / "ck")
+    best_weights = None
+    for epoch, valid_loss in enumerate([0.9, 0.7, 0.8, 0.75, 0.6], start=1):
+        with torch.no_grad():
+            model.fc.bias.fill_(float(epoch))  # each epoch leaves different weights
+        if stopper.update(epoch, valid_loss, model):
+            best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+        if stopper.should_stop:
+            break
+    assert (epoch, stopper.best_epoch, stopper.best_loss) == (4, 2, 0.7)
+    saved = torch.load(tmp_path / "ck" / "weights.pt", weights_only=True)
+    assert saved["fc.bias"].item() == 2.0
+    assert all(torch.equal(saved[k], best_weights[k]) for k in best_weights)
+
+
+def test_an_interrupt_before_the_first_epoch_ends_stops_the_notebook_with_a_clear_message(tmp_path):
+    class InterruptedBatches(helpers.BucketBatches):
+        def __iter__(self):
+            raise KeyboardInterrupt  # the user presses stop in the first epoch
+
+    train = InterruptedBatches(*_toy_data(), 8)
+    valid = helpers.BucketBatches(*_toy_data(32, seed=1), 16)
+    space = namespace("train_epoch", "evaluate", model=TinyModel(vocab_size=20), train_batches=train,
+                      valid_batches=valid, run_dir=tmp_path, n_epochs=3, patience=2, vocab=None, model_config={},
+                      max_length=20, clip_norm=1.0, device="cpu", time=__import__("time"),
+                      loss_fn=torch.nn.BCEWithLogitsLoss())
+    space["optimizer"] = torch.optim.Adam(space["model"].parameters())
+    exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
+    assert space["interruption"].interrupted and space["history"]["epoch"] == []
+    with pytest.raises(RuntimeError, match="interrupted before its first epoch ended, so no model was saved"):
+        exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102
+
+
+def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
+    class InterruptedBatches(helpers.BucketBatches):
+        def __iter__(self):
+            if self.epoch == 2:  # the user presses stop during the third epoch
+                raise KeyboardInterrupt
+            yield from super().__iter__()
+
+    train = InterruptedBatches(*_toy_data(), 8, shuffle=True)
+    space = namespace("train_epoch", "evaluate", model=TinyModel(vocab_size=20), train_batches=train,
+                      valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
+                      n_epochs=5, patience=5, vocab=None, model_config={}, max_length=20, clip_norm=1.0,
+                      device="cpu", time=__import__("time"), loss_fn=torch.nn.BCEWithLogitsLoss())
+    space["optimizer"] = torch.optim.Adam(space["model"].parameters(), lr=0.02)
+    exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
+    assert space["interruption"].interrupted and space["history"]["epoch"] == [1, 2]
+    assert len(space["history"]["seconds"]) == 2  # one entry per epoch, not a total
+    exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102 - goes on with the best checkpoint
+    assert (tmp_path / "checkpoint" / "weights.pt").exists()
+
+
+def test_binary_metrics_on_a_case_worked_by_hand():
+    # labels:    1    1    1    0    0    0    0
+    # predicted: 1    1    0    1    0    0    0   -> TP 2, FN 1, FP 1, TN 3
+    probs = [0.9, 0.6, 0.4, 0.7, 0.1, 0.2, 0.3]
+    metrics = helpers.binary_metrics(probs, [1, 1, 1, 0, 0, 0, 0])
+    assert metrics["confusion_matrix"] == [[3, 1], [1, 2]]  # rows: true negative, positive; columns: predicted
+    assert metrics["accuracy"] == pytest.approx(5 / 7)
+    assert metrics["precision"] == pytest.approx(2 / 3) and metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(2 / 3)
+    expected_loss = -np.mean(np.log([0.9, 0.6, 0.4, 0.3, 0.9, 0.8, 0.7]))
+    assert metrics["loss"] == pytest.approx(expected_loss)
+
+
+@pytest.fixture
+def predict_review():
+    vocab = helpers.build_vocab([["great", "film", "awful", "plot", "."]])
+    space = namespace("predict_review", model=sentiment_lstm(vocab_size=len(vocab)), vocab=vocab, max_length=20,
+                      device="cpu")
+    return space["predict_review"]
+
+
+def test_predict_review_returns_a_label_and_a_probability(predict_review):
+    label, probability = predict_review("A great film.")
+    assert label in helpers.LABEL_NAMES and 0 < probability < 1
+    assert label == helpers.LABEL_NAMES[probability >= 0.5]
+
+
+@pytest.mark.parametrize("text, error, message", [
+    ("", ValueError, "empty or only whitespace"),
+    ("   \n", ValueError, "empty or only whitespace"),
+    ("<br /><br />", ValueError, "no words once HTML markup is removed"),
+    (None, TypeError, "must be a str, got NoneType"),
+    (["a", "list"], TypeError, "must be a str, got list"),
+])
+def test_predict_review_refuses_what_is_not_a_review(predict_review, text, error, message):
+    with pytest.raises(error, match=message):
+        predict_review(text)
+
+
+def test_predict_review_of_only_unknown_words_says_it_is_a_default_guess(predict_review, capsys):
+    label, probability = predict_review("zorblax quonk")
+    assert label in helpers.LABEL_NAMES and 0 < probability < 1
+    assert "no word of this review is in the vocabulary" in capsys.readouterr().out
