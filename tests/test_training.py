@@ -1,5 +1,7 @@
 """The notebook's own model, training step, evaluation pass, early stopping and predict_review."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -111,7 +113,7 @@ def test_an_interrupt_before_the_first_epoch_ends_stops_the_notebook_with_a_clea
     valid = helpers.BucketBatches(*_toy_data(32, seed=1), 16)
     space = namespace("train_epoch", "evaluate", model=TinyModel(vocab_size=20), train_batches=train,
                       valid_batches=valid, run_dir=tmp_path, n_epochs=3, patience=2, vocab=None, model_config={},
-                      max_length=20, clip_norm=1.0, device="cpu", time=__import__("time"),
+                      max_length=20, clip_norm=1.0, device="cpu", time=time,
                       loss_fn=torch.nn.BCEWithLogitsLoss())
     space["optimizer"] = torch.optim.Adam(space["model"].parameters())
     exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
@@ -131,7 +133,7 @@ def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
     space = namespace("train_epoch", "evaluate", model=TinyModel(vocab_size=20), train_batches=train,
                       valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
                       n_epochs=5, patience=5, vocab=None, model_config={}, max_length=20, clip_norm=1.0,
-                      device="cpu", time=__import__("time"), loss_fn=torch.nn.BCEWithLogitsLoss())
+                      device="cpu", time=time, loss_fn=torch.nn.BCEWithLogitsLoss())
     space["optimizer"] = torch.optim.Adam(space["model"].parameters(), lr=0.02)
     exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
     assert space["interruption"].interrupted and space["history"]["epoch"] == [1, 2]
