@@ -400,7 +400,7 @@ def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb", md5=None):
 
 
 def extraction_origin(folder):
-    """The {'archive', 'md5'} an extracted aclImdb folder came from: None if no extraction completed, {} if unrecorded."""
+    """The {'archive', 'md5'} an aclImdb folder was extracted from: None if none completed, {} if unrecorded."""
     marker = Path(folder) / ".complete"
     if not marker.exists():
         return None
