@@ -36,7 +36,7 @@ install: $(VENV)/.installed
 # papermill and nbval call below names it, so the notebook's own kernel name does not matter.
 $(VENV)/.installed: requirements.lock
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: torch 2.3.1 and torchtext 0.18.0 need Python 3.10, 3.11 or 3.12, and none was found (3.13 and newer have no build); install one and run again, or point PYTHON= at it: make $(MAKECMDGOALS) PYTHON=/path/to/python3.12"; exit 1; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: $(PYTHON) could not make a venv (on Debian: apt install python3-venv); or set PYTHON=..."; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: $(PYTHON) could not make a venv: is it a working Python 3.10, 3.11 or 3.12? (On Debian, venv needs: apt install python3-venv.) Set PYTHON=... to another one"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 ($(KERNEL))" >/dev/null
