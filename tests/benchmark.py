@@ -39,9 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 import helpers  # noqa: E402
-from notebook_code import cell_defining, default_parameters, namespace  # noqa: E402
+from notebook_code import cell_defining, default_parameters, namespace, notebook_cells  # noqa: E402
 
-NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
 METRICS = REPO / "figures" / "metrics.json"
 SEQ_LENGTHS = (128, 256, 800)  # short, typical (the median training review has 202 tokens) and capped
 
@@ -266,7 +265,7 @@ def main(argv=None):
 
     helpers.set_seed(0)
     device = helpers.choose_device(args.device)
-    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
+    cells = notebook_cells()
     params = default_parameters()
     definitions = namespace("SentimentLSTM", "train_epoch")
     vocab = sample_vocab(params["max_vocab_size"])

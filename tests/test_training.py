@@ -104,19 +104,24 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epochs_weights(t
     assert all(torch.equal(saved[k], best_weights[k]) for k in best_weights)
 
 
+def _run_training_cell(tmp_path, train_batches, n_epochs, patience):
+    """Execute the notebook's training-loop cell on the toy task; returns its namespace."""
+    model = TinyModel(vocab_size=20)
+    space = namespace("train_epoch", "evaluate", model=model, train_batches=train_batches,
+                      valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
+                      n_epochs=n_epochs, patience=patience, vocab=None, model_config={}, max_length=20,
+                      clip_norm=1.0, device="cpu", time=time, loss_fn=torch.nn.BCEWithLogitsLoss(),
+                      optimizer=torch.optim.Adam(model.parameters(), lr=0.02))
+    exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
+    return space
+
+
 def test_an_interrupt_before_the_first_epoch_ends_stops_the_notebook_with_a_clear_message(tmp_path):
     class InterruptedBatches(helpers.BucketBatches):
         def __iter__(self):
             raise KeyboardInterrupt  # the user presses stop in the first epoch
 
-    train = InterruptedBatches(*_toy_data(), 8)
-    valid = helpers.BucketBatches(*_toy_data(32, seed=1), 16)
-    space = namespace("train_epoch", "evaluate", model=TinyModel(vocab_size=20), train_batches=train,
-                      valid_batches=valid, run_dir=tmp_path, n_epochs=3, patience=2, vocab=None, model_config={},
-                      max_length=20, clip_norm=1.0, device="cpu", time=time,
-                      loss_fn=torch.nn.BCEWithLogitsLoss())
-    space["optimizer"] = torch.optim.Adam(space["model"].parameters())
-    exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
+    space = _run_training_cell(tmp_path, InterruptedBatches(*_toy_data(), 8), n_epochs=3, patience=2)
     assert space["interruption"].interrupted and space["history"]["epoch"] == []
     with pytest.raises(RuntimeError, match="interrupted before its first epoch ended, so no model was saved"):
         exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102
@@ -129,13 +134,7 @@ def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
                 raise KeyboardInterrupt
             yield from super().__iter__()
 
-    train = InterruptedBatches(*_toy_data(), 8, shuffle=True)
-    space = namespace("train_epoch", "evaluate", model=TinyModel(vocab_size=20), train_batches=train,
-                      valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
-                      n_epochs=5, patience=5, vocab=None, model_config={}, max_length=20, clip_norm=1.0,
-                      device="cpu", time=time, loss_fn=torch.nn.BCEWithLogitsLoss())
-    space["optimizer"] = torch.optim.Adam(space["model"].parameters(), lr=0.02)
-    exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
+    space = _run_training_cell(tmp_path, InterruptedBatches(*_toy_data(), 8, shuffle=True), n_epochs=5, patience=5)
     assert space["interruption"].interrupted and space["history"]["epoch"] == [1, 2]
     assert len(space["history"]["seconds"]) == 2  # one entry per epoch, not a total
     exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102 - goes on with the best checkpoint
