@@ -26,6 +26,7 @@ help:
 	@echo "make lab      open JupyterLab with the project's kernel"
 	@echo "make lock     rewrite requirements.lock (every installed package, with hashes) from requirements.txt"
 	@echo "make sweep SWEEP=sweeps/<name>.yaml [JOBS=N]   run a hyperparameter sweep into runs/<name>/"
+	@echo "make sweep SWEEP=... SCHEDULER=tcp://host:8786 the same on the workers of a Dask cluster"
 	@echo "make sweep-summary SWEEP=sweeps/<name>.yaml    rewrite the summary table and plots of a sweep"
 	@echo "make publish RUN=runs/<time>   make a default run's executed notebook and figures the committed ones"
 	@echo "variables: IMDB_ARCHIVE=path/to/aclImdb_v1.tar.gz  PARAMS='-p name value ...'"
@@ -72,10 +73,12 @@ lab: install
 
 SWEEP ?=
 JOBS ?= 1
+# A Dask scheduler's address (tcp://host:8786): the sweep's runs go to its workers instead.
+SCHEDULER ?=
 
 sweep: install
-	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=sweeps/<name>.yaml [JOBS=N]"; exit 2; }
-	$(BIN)/python sweeps/sweep.py $(SWEEP) --jobs $(JOBS)
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=sweeps/<name>.yaml [JOBS=N] [SCHEDULER=tcp://host:8786]"; exit 2; }
+	$(BIN)/python sweeps/sweep.py $(SWEEP) --jobs $(JOBS) $(if $(SCHEDULER),--scheduler $(SCHEDULER))
 
 sweep-summary: install
 	@test -n "$(SWEEP)" || { echo "usage: make sweep-summary SWEEP=sweeps/<name>.yaml"; exit 2; }

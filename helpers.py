@@ -30,6 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 import zlib
 from dataclasses import dataclass
 from importlib import metadata
@@ -213,6 +214,18 @@ def set_seed(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def flush_denormal_floats():
+    """Make the CPU treat denormal floats (magnitudes below about 1e-38) as zero.
+
+    Gradients that fade through many LSTM steps end up denormal, and CPUs compute on those up to
+    ten times slower; as zeros they change nothing a model learns. NumPy's float limits are
+    looked up first, because NumPy warns when it meets a CPU that flushes them.
+    """
+    for dtype in (np.float16, np.float32, np.float64):
+        np.finfo(dtype)  # cached by NumPy from now on
+    return torch.set_flush_denormal(True)
 
 
 def choose_device(name="auto"):
@@ -553,8 +566,12 @@ _basic_english = get_tokenizer("basic_english")
 
 
 def tokenize(text):
-    """Clean a review and split it into lower-case tokens with torchtext's basic_english tokenizer."""
-    return _basic_english(clean_text(text))
+    """Clean a review and split it into lower-case tokens with torchtext's basic_english tokenizer.
+
+    Every token is interned (sys.intern): all the reviews' copies of "the" are one string in
+    memory, so that the token lists of 100,000 reviews take a few hundred MB, not gigabytes.
+    """
+    return [sys.intern(token) for token in _basic_english(clean_text(text))]
 
 
 def build_vocab(token_lists, min_freq=1, max_size=None):
@@ -563,6 +580,7 @@ def build_vocab(token_lists, min_freq=1, max_size=None):
         token_lists, min_freq=min_freq, specials=[PAD_TOKEN, UNK_TOKEN], special_first=True, max_tokens=max_size
     )
     vocab.set_default_index(vocab[UNK_TOKEN])
+    return_freed_memory()  # the counts of every token, freed
     return vocab
 
 
@@ -578,8 +596,11 @@ def vocab_from_tokens(itos):
 
 
 def numericalize(tokens, vocab, max_length):
-    """Token ids for the first max_length tokens; unknown tokens map to <unk>."""
-    return vocab.lookup_indices(tokens[:max_length])
+    """Token ids for the first max_length tokens as an int32 array; unknown tokens map to <unk>.
+
+    An array of 4-byte integers, where a list of Python ints takes about 36 bytes an id.
+    """
+    return np.array(vocab.lookup_indices(tokens[:max_length]), dtype=np.int32)
 
 
 def stratified_split(labels, valid_fraction, seed):
@@ -614,72 +635,163 @@ def stratified_subset(indices, labels, size, seed):
 # --------------------------------------------------------------------------- word vectors
 
 
-def cooccurrence_matrix(id_lists, vocab_size, window=5, ignore=(0, 1)):
+def cooccurrence_matrix(id_lists, vocab_size, window=5, ignore=(0, 1), n_chunks=8):
     """How often each pair of vocabulary tokens appears within `window` tokens of each other.
 
     A pair d tokens apart counts 1/d, so near neighbours weigh more. Tokens in `ignore` (by
     default <pad> and <unk>) are skipped, and pairs never cross from one review into the next.
-    Returns a symmetric sparse [vocab_size, vocab_size] float64 tensor.
+    Returns a symmetric sparse [vocab_size, vocab_size] float64 tensor in CSR layout.
+
+    The pairs are counted in `n_chunks` parts, each holding the pairs whose smaller id falls in
+    it (ids modulo n_chunks), so that only about 1/n_chunks of the pairs is in memory at once;
+    every part's counts are final, and the result does not depend on n_chunks.
     """
     if window < 1:
         raise ValueError(f"window={window!r} must be an integer >= 1")
-    lengths = np.array([len(ids) for ids in id_lists], dtype=np.int64)
-    flat = torch.from_numpy(np.fromiter((i for ids in id_lists for i in ids), dtype=np.int64, count=lengths.sum()))
-    if len(flat) and (int(flat.min()) < 0 or int(flat.max()) >= vocab_size):
-        raise ValueError(f"token ids must lie in [0, {vocab_size}); got {int(flat.min())}..{int(flat.max())}")
-    review = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
-    counted = torch.ones_like(flat, dtype=torch.bool)
-    for index in ignore:
-        counted &= flat != index
-    codes, weights = [], []
-    for distance in range(1, window + 1):
-        left, right = flat[:-distance], flat[distance:]
-        keep = (review[:-distance] == review[distance:]) & counted[:-distance] & counted[distance:]
-        # One int64 code per (left, right) pair, so that counting pairs is counting codes.
-        pair_codes, pair_counts = torch.unique(left[keep] * vocab_size + right[keep], return_counts=True)
-        codes.append(pair_codes)
-        weights.append(pair_counts.double() / distance)
-    codes, weights = torch.cat(codes), torch.cat(weights)
-    rows, cols = codes // vocab_size, codes % vocab_size
-    # Both orders: a word's context on its left is as telling as on its right.
-    indices = torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])])
-    size = (vocab_size, vocab_size)
-    return torch.sparse_coo_tensor(indices, torch.cat([weights, weights]), size).coalesce()
+    if n_chunks < 1:
+        raise ValueError(f"n_chunks={n_chunks!r} must be an integer >= 1")
+    id_arrays = [np.asarray(ids) for ids in id_lists]
+    id_arrays = [ids if ids.dtype.kind in "iu" else ids.astype(np.int64) for ids in id_arrays]  # [] is float
+    lowest = min((int(ids.min()) for ids in id_arrays if len(ids)), default=0)
+    highest = max((int(ids.max()) for ids in id_arrays if len(ids)), default=0)
+    if lowest < 0 or highest >= vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size}); got {lowest}..{highest}")
+    # One int32 array of all reviews with `window` gaps (-1) between them: a pair that would cross
+    # from one review into the next always includes a gap. Skipped tokens become -1 as well.
+    flat = np.full(sum(len(ids) for ids in id_arrays) + window * len(id_arrays), -1, dtype=np.int32)
+    start = 0
+    for ids in id_arrays:
+        flat[start : start + len(ids)] = ids
+        start += len(ids) + window
+    del id_arrays
+    flat[np.isin(flat, list(ignore))] = -1
+    # Weights are kept as integers (count * lcm / distance), exact in any order of summation.
+    lcm = math.lcm(*range(1, window + 1))
+    chunk_of_token = np.where(flat >= 0, flat % n_chunks, -1).astype(np.int8 if n_chunks < 128 else np.int64)
+    chunk_lows, chunk_highs, chunk_weights = [], [], []
+    for chunk in range(n_chunks):
+        codes, weights = [], []
+        for distance in range(1, window + 1):
+            left, right = flat[:-distance], flat[distance:]
+            # The pairs of this chunk: both tokens kept, and the smaller id in the chunk.
+            left_first = left <= right
+            in_chunk = np.where(left_first, chunk_of_token[:-distance], chunk_of_token[distance:]) == chunk
+            in_chunk &= (left >= 0) & (right >= 0)
+            left, right = left[in_chunk], right[in_chunk]
+            # One int64 code per unordered pair (low, high), so that counting pairs is counting codes.
+            pair_codes = np.minimum(left, right).astype(np.int64) * vocab_size + np.maximum(left, right)
+            pair_codes, pair_counts = np.unique(pair_codes, return_counts=True)
+            codes.append(pair_codes)
+            weights.append(pair_counts * (lcm // distance))
+            del left, right, left_first, in_chunk
+        pair_codes, where = np.unique(np.concatenate(codes), return_inverse=True)
+        chunk_lows.append((pair_codes // vocab_size).astype(np.int32))
+        chunk_highs.append((pair_codes % vocab_size).astype(np.int32))
+        chunk_weights.append(np.bincount(where, weights=np.concatenate(weights)) / lcm)
+        del codes, weights, pair_codes, where
+    del flat, chunk_of_token
+    low, high, weights = (np.concatenate(parts) for parts in (chunk_lows, chunk_highs, chunk_weights))
+    del chunk_lows, chunk_highs, chunk_weights
+    # Both orders: a word's context on its left is as telling as on its right. A word next to
+    # itself ("very very") is its own context on both sides, so it counts twice.
+    apart = low != high
+    rows = np.concatenate([low, high[apart]])
+    cols = np.concatenate([high, low[apart]])
+    values = np.concatenate([np.where(apart, weights, 2 * weights), weights[apart]])
+    del low, high, weights, apart
+    return _csr_matrix(rows, cols, values, vocab_size)
+
+
+def _csr_matrix(rows, cols, values, size):
+    """A [size, size] sparse CSR tensor (int32 indices) from unsorted, distinct (row, col) entries."""
+    key = rows.astype(np.int64)
+    key *= size
+    key += cols
+    order = np.argsort(key)
+    del key
+    crow = np.zeros(size + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=size), out=crow[1:])
+    cols = cols[order]
+    values = values[order]
+    del order
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(values),
+                                       (size, size))
+
+
+def _csr_rows(matrix):
+    """The row index of every stored entry of a CSR tensor."""
+    crow = matrix.crow_indices()
+    return torch.repeat_interleave(torch.arange(len(crow) - 1, dtype=crow.dtype), crow.diff())
+
+
+def _csr_transpose(matrix):
+    """The transpose of a square CSR tensor, as CSR."""
+    rows = _csr_rows(matrix).numpy()
+    return _csr_matrix(matrix.col_indices().numpy(), rows, matrix.values().numpy(), matrix.size(0))
 
 
 def ppmi(counts, context_power=0.75):
-    """Positive pointwise mutual information of a sparse co-occurrence matrix, as float32.
+    """Positive pointwise mutual information of a sparse co-occurrence matrix, as float32 CSR.
 
     PMI(w, c) = log p(w, c) / (p(w) p(c)): how much more often two words meet than chance says.
     Negative values (rarer than chance, and noisy) become 0. Raising the context counts to
     `context_power` < 1 keeps rare contexts from getting huge scores (Levy et al., 2015).
     """
-    indices, values = counts.indices(), counts.values()
-    row_totals = torch.zeros(counts.size(0), dtype=torch.float64).index_add_(0, indices[0], values)
+    if counts.layout != torch.sparse_csr:
+        counts = counts.to_sparse_csr()
+    rows, cols, values = _csr_rows(counts), counts.col_indices(), counts.values().double()
+    row_totals = torch.zeros(counts.size(0), dtype=torch.float64).index_add_(0, rows, values)
     context = row_totals ** context_power
-    pmi = torch.log(values * context.sum() / (row_totals[indices[0]] * context[indices[1]]))
+    # pmi = log(value * sum(context) / (row_total[row] * context[col])), in place: the matrix can be large.
+    chance = row_totals[rows]
+    chance.mul_(context[cols])
+    pmi = values * context.sum()
+    pmi.div_(chance).log_()
+    del chance
     keep = pmi > 0
-    return torch.sparse_coo_tensor(indices[:, keep], pmi[keep].float(), counts.shape).coalesce()
+    # Keeping some entries of each row leaves them in CSR order; only the row starts change.
+    crow = torch.zeros(counts.size(0) + 1, dtype=cols.dtype)
+    crow[1:] = torch.bincount(rows[keep], minlength=counts.size(0)).cumsum(0)
+    del rows
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols[keep], pmi[keep].float(), counts.shape)
 
 
 def svd_word_vectors(matrix, dim, seed=0, n_iter=4):
     """dim-dimensional word vectors from a truncated SVD of a (PPMI) matrix: U * sqrt(S).
 
-    They are scaled to a standard deviation of 1, the scale of nn.Embedding's own random
+    A randomised SVD (Halko et al., 2011; the algorithm of torch.svd_lowrank): multiplying the
+    matrix and its transpose by a random [n, dim] block a few times finds the directions that
+    matter most, and an exact SVD of the small [n, dim] result gives them. Written out here with
+    an explicit transposed copy, because torch.svd_lowrank on a large sparse matrix makes
+    several temporary copies of it.
+
+    The vectors are scaled to a standard deviation of 1, the scale of nn.Embedding's own random
     initialisation, so that training treats them like the vectors it would start from anyway.
-    Rows that are all zero (<pad>, <unk>, words never counted) stay zero. The randomised SVD
-    draws from its own seeded generator and leaves torch's global random state as it was.
+    Rows that are all zero (<pad>, <unk>, words never counted) stay zero. The random block is
+    drawn from a seeded generator, leaving torch's global random state as it was.
     """
     if not 1 <= dim <= min(matrix.shape):
         raise ValueError(f"dim={dim!r} must lie between 1 and {min(matrix.shape)}")
+    if matrix.layout != torch.sparse_csr:
+        matrix = matrix.to_sparse_csr()
+    if matrix.size(0) != matrix.size(1):
+        raise ValueError(f"the matrix must be square; got {tuple(matrix.shape)}")
+    transposed = _csr_transpose(matrix)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        u, s, _ = torch.svd_lowrank(matrix, q=dim, niter=n_iter)
+        basis = torch.randn(matrix.size(1), dim, dtype=matrix.dtype)
+    basis = torch.linalg.qr(transposed @ basis).Q
+    for _ in range(n_iter):
+        basis = torch.linalg.qr(matrix @ basis).Q
+        basis = torch.linalg.qr(transposed @ basis).Q
+    u, s, _ = torch.linalg.svd(matrix @ basis, full_matrices=False)
     vectors = u * s.sqrt()
     # The randomised SVD leaves rounding noise in rows with no counts; they know nothing, so zero them.
-    counted = torch.zeros(matrix.size(0), dtype=torch.bool)
-    counted[matrix.coalesce().indices()[0]] = True
-    vectors[~counted] = 0.0
+    vectors[matrix.crow_indices().diff() == 0] = 0.0
     # An SVD's signs are arbitrary; fix them so that equal inputs give equal vectors.
     vectors = vectors * torch.where(vectors.sum(dim=0) < 0, -1.0, 1.0)
     return vectors / vectors.std().clamp_min(1e-12)
@@ -691,13 +803,37 @@ def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75,
     The count-based cousin of word2vec: count which words appear near which (cooccurrence_matrix),
     keep the surprising pairs (ppmi) and compress each word's row to `dim` numbers
     (svd_word_vectors). Words used in similar contexts, such as 'awful' and 'dreadful', get
-    similar vectors. Returns a [len(vocab), dim] float32 tensor.
+    similar vectors. token_lists may be a generator: each review becomes an int32 id array as it
+    is read, so that the tokens of all reviews never need to be in memory at once.
+    Returns a [len(vocab), dim] float32 tensor.
     """
     ignore = (vocab[PAD_TOKEN], vocab[UNK_TOKEN])
-    counts = cooccurrence_matrix([vocab.lookup_indices(tokens) for tokens in token_lists], len(vocab), window, ignore)
-    if counts._nnz() == 0:
+    id_arrays = [np.array(vocab.lookup_indices(tokens), dtype=np.int32) for tokens in token_lists]
+    counts = cooccurrence_matrix(id_arrays, len(vocab), window, ignore)
+    del id_arrays
+    if counts.values().numel() == 0:
         raise ValueError("no two vocabulary words occur near each other in the texts; nothing to learn from")
-    return svd_word_vectors(ppmi(counts, context_power), dim, seed)
+    weights = ppmi(counts, context_power)
+    del counts
+    vectors = svd_word_vectors(weights, dim, seed)
+    del weights
+    return_freed_memory()
+    return vectors
+
+
+def return_freed_memory():
+    """Hand memory that Python and torch have freed back to the operating system, where possible.
+
+    After many large temporary arrays, glibc's allocator keeps freed pages for reuse, and the
+    process looks hundreds of MB bigger than what it holds; malloc_trim releases them. A no-op
+    where the C library has no malloc_trim (macOS, Windows, musl).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def nearest_words(vectors, vocab, word, k=8):
@@ -715,11 +851,11 @@ def nearest_words(vectors, vocab, word, k=8):
 
 
 def pad_batch(sequences, pad_index=0):
-    """Right-pad id lists into a [batch, max_len] tensor; returns (tokens, lengths)."""
+    """Right-pad id lists or arrays into a [batch, max_len] tensor; returns (tokens, lengths)."""
     lengths = torch.tensor([max(len(s), 1) for s in sequences], dtype=torch.long)
     tokens = torch.full((len(sequences), int(lengths.max())), pad_index, dtype=torch.long)
     for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        tokens[row, : len(seq)] = torch.as_tensor(seq)
     return tokens, lengths
 
 
@@ -963,7 +1099,7 @@ def load_weights(model, state):
 
 
 @torch.no_grad()
-def predict_proba(model, texts, vocab, max_length, device, batch_size=256):
+def predict_proba(model, texts, vocab, max_length, device, batch_size=64):
     """Probability of 'positive' for each text; each review is read up to its first max_length tokens."""
     for i, text in enumerate(texts):
         if not isinstance(text, str):

@@ -1,6 +1,7 @@
 """Run a hyperparameter sweep of the notebook with papermill, then summarise it.
 
     python sweeps/sweep.py sweeps/smoke.yaml [--jobs N] [--summary-only] [--runs-dir runs]
+    python sweeps/sweep.py sweeps/smoke.yaml --scheduler tcp://host:8786 [--fetch-checkpoints]
 
 A sweep file (YAML) holds `base` parameters shared by every run, and `runs` (a list of named
 parameter sets), a `grid` (every combination of the listed values), or both (each named run
@@ -15,21 +16,32 @@ number of seeds, and its difference from the reference configuration (the run na
 Each run goes to runs/<sweep>/<run>/ with its executed notebook,
 metrics.json, checkpoint and figures. Finished runs are skipped when a sweep is started again;
 a failed run is recorded in its folder's error.txt and the others go on.
+
+With --scheduler, every run is sent to the workers of a running Dask distributed scheduler, one
+papermill execution per run on a worker, in a temporary folder there; the worker sends the
+results back (the checkpoint only with --fetch-checkpoints) and they land in runs/<sweep>/<run>/
+as a local run's do, whole or not at all. Workers need a checkout of the same commit (they are
+started from it), `make install` and the data. A run whose worker dies is retried on another
+worker, and a run that fails twice, either way, is recorded as failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import itertools
 import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -141,39 +153,172 @@ def edited_notebook(edit, destination, notebook=NOTEBOOK):
     return Path(destination)
 
 
-def papermill_execute(run_dir, parameters, threads):
-    """Run the notebook for one configuration in its own process; raise with the error on failure."""
+def split_edit(parameters):
+    """(the run's code edit or None, the parameters papermill passes to the notebook)."""
     parameters = dict(parameters)
     edit = parameters.pop(EDIT, None)
-    notebook = edited_notebook(edit, run_dir / "edited_source.ipynb") if edit else NOTEBOOK
+    return edit, parameters
+
+
+def papermill_execute(run_dir, parameters, threads, repo=REPO):
+    """Run the notebook for one configuration in its own process; raise with the error on failure."""
+    edit, parameters = split_edit(parameters)
+    notebook = Path(repo, "notebooks", "sentiment_lstm.ipynb")
+    if edit:
+        notebook = edited_notebook(edit, run_dir / "edited_source.ipynb", notebook)
     command = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / "sentiment_lstm.ipynb"),
-               "-k", KERNEL, "--cwd", str(REPO), "--no-progress-bar", "-y",
+               "-k", KERNEL, "--cwd", str(repo), "--no-progress-bar", "-y",
                yaml.safe_dump({**parameters, "run_dir": str(run_dir)})]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # The kernel registered in this environment's .venv, not a same-named one of the user's.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), JUPYTER_PREFER_ENV_PATH="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         raise RuntimeError("\n".join(lines[-15:]) or f"papermill exited with {result.returncode}")
 
 
-def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_names=None, log=print):
-    """Run every configuration not yet complete; returns (sweep folder, names of the failed runs)."""
-    execute = execute or papermill_execute
-    sweep_file = Path(sweep_file)
-    spec = yaml.safe_load(sweep_file.read_text(encoding="utf-8"))
-    runs = expand(spec, valid_names if valid_names is not None else list(notebook_parameters()))
-    sweep_dir = Path(runs_dir) / _slug(spec.get("name") or sweep_file.stem)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "sweep.yaml").write_text(sweep_file.read_text(encoding="utf-8"), encoding="utf-8")
-    todo = {name: params for name, params in runs.items() if not is_complete(sweep_dir / name)}
-    log(f"sweep {sweep_dir.name}: {len(runs)} runs, {len(runs) - len(todo)} already complete, {len(todo)} to run")
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    failed, done = [], len(runs) - len(todo)
+# --------------------------------------------------------------------------- Dask
+
+
+def usable_cores():
+    """The cores this process may run on (a SLURM or container allocation, not the whole machine)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def file_md5(path):
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def checkout_fingerprint(repo=REPO):
+    """The MD5s of the files a run executes, so that a worker can check it has the sweep's version."""
+    return {name: file_md5(Path(repo, name)) for name in ("helpers.py", "notebooks/sentiment_lstm.ipynb")}
+
+
+def worker_checkout():
+    """The checkout a Dask worker runs from: $SENTIMENT_LSTM_REPO, or its working folder or one above it."""
+    start = Path(os.environ.get("SENTIMENT_LSTM_REPO") or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "helpers.py").is_file() and (folder / "notebooks" / "sentiment_lstm.ipynb").is_file():
+            return folder
+    raise RuntimeError(f"this Dask worker runs in {start}, which is not inside a sentiment-lstm checkout; start "
+                       "`dask worker` from the checkout's folder, or set SENTIMENT_LSTM_REPO")
+
+
+def run_on_worker(name, parameters, fingerprint, slots_by_host, fetch_checkpoint):
+    """One run of a sweep, executed on a Dask worker; returns its result files as {relative path: bytes}.
+
+    The run goes to a temporary folder on the worker, which is removed afterwards: workers and
+    the machine that started the sweep share no filesystem.
+    """
+    from distributed import get_worker
+
+    worker = get_worker()
+    repo = worker_checkout()
+    differing = [path for path, md5 in fingerprint.items() if file_md5(repo / path) != md5]
+    if differing:
+        raise RuntimeError(f"worker {worker.address}: {', '.join(differing)} in {repo} differ from the sweep's; "
+                           "check out the same commit there")
+    host = worker.address.rsplit(":", 1)[0]
+    # Share the host's cores among the runs its workers can hold at once.
+    threads = max(1, usable_cores() // max(1, slots_by_host.get(host, worker.state.nthreads)))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"sweep-{name}-") as tmp:
+        run_dir = Path(tmp, name)
+        run_dir.mkdir()
+        papermill_execute(run_dir, parameters, threads, repo)
+        files = {path.relative_to(run_dir).as_posix(): path.read_bytes()
+                 for path in sorted(run_dir.rglob("*")) if path.is_file()
+                 and (fetch_checkpoint or path.relative_to(run_dir).parts[0] != "checkpoint")}
+    return {"files": files, "worker": worker.address, "seconds": time.perf_counter() - start}
+
+
+def land(sweep_dir, name, files):
+    """Write a run's files into sweep_dir/name all at once: a hidden folder first, renamed when whole."""
+    sweep_dir = Path(sweep_dir)
+    receiving = sweep_dir / f".{name}.receiving-{uuid.uuid4().hex[:8]}"
+    try:
+        for relative, data in files.items():
+            path = receiving / relative
+            if receiving.resolve() not in path.resolve().parents:
+                raise ValueError(f"a worker sent a file outside the run folder: {relative!r}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        set_aside(sweep_dir / name)
+        receiving.rename(sweep_dir / name)
+    finally:
+        shutil.rmtree(receiving, ignore_errors=True)
+
+
+def set_aside(run_dir):
+    """Move a run folder left by an earlier, unfinished attempt out of the way; never delete it."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
+def _allow_one_retry(dask_scheduler):
+    # A task whose worker dies is rescheduled; with 1 allowed failure, a second death marks it failed.
+    dask_scheduler.allowed_failures = 1
+
+
+def dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints=False, log=print, worker_timeout=120):
+    """Run the configurations on a Dask cluster; yields (name, error or None, seconds) as each ends."""
+    import cloudpickle
+    from distributed import Client
+    from distributed import as_completed as completed
+
+    # Send this module's functions by value, so that the scheduler and workers need not import it:
+    # Dask pickles a local function with cloudpickle, which takes the module's functions along.
+    module = sys.modules[run_on_worker.__module__]
+    if module.__name__ != "__main__":
+        cloudpickle.register_pickle_by_value(module)
+
+    def run(*args):
+        return run_on_worker(*args)
+    try:
+        client = Client(scheduler, timeout="20s")
+    except OSError as err:
+        raise SweepError(f"could not reach the Dask scheduler at {scheduler}: {err}") from err
+    with client:
+        client.run_on_scheduler(_allow_one_retry)
+        try:
+            client.wait_for_workers(1, timeout=worker_timeout)
+        except TimeoutError as err:
+            raise SweepError(f"no Dask worker joined {scheduler} within {worker_timeout} s; start some with "
+                             f"`dask worker {scheduler} --nthreads 1` from a checkout") from err
+        slots_by_host = {}
+        for address, info in client.scheduler_info()["workers"].items():
+            host = address.rsplit(":", 1)[0]
+            slots_by_host[host] = slots_by_host.get(host, 0) + info["nthreads"]
+        log(f"Dask scheduler {scheduler}: {sum(slots_by_host.values())} worker threads on {len(slots_by_host)} host(s)")
+        fingerprint = checkout_fingerprint()
+        futures = {}
+        for name, params in todo.items():
+            future = client.submit(run, name, params, fingerprint, slots_by_host, fetch_checkpoints,
+                                   key=f"sweep-{sweep_dir.name}-{name}-{uuid.uuid4().hex[:8]}", pure=False, retries=1)
+            futures[future] = (name, time.perf_counter())
+        for future in completed(futures):
+            name, submitted = futures[future]
+            try:
+                result = future.result()
+            except Exception as err:  # noqa: BLE001 (a failed run is recorded and the sweep goes on)
+                set_aside(sweep_dir / name)
+                (sweep_dir / name).mkdir()
+                (sweep_dir / name / "error.txt").write_text(f"{type(err).__name__}: {err}\n", encoding="utf-8")
+                yield name, err, time.perf_counter() - submitted
+                continue
+            land(sweep_dir, name, result["files"])
+            log(f"{name}: ran on {result['worker']}")
+            yield name, None, result["seconds"]
+
+
+def local_runs(sweep_dir, todo, jobs, execute, log=print):
+    """Run the configurations here, `jobs` at a time; yields (name, error or None, seconds) as each ends."""
+    threads = max(1, usable_cores() // max(jobs, 1))
 
     def one(name, params):
         run_dir = sweep_dir / name
-        if run_dir.exists():  # left by an earlier, unfinished attempt: keep it aside, never delete it
-            run_dir.rename(sweep_dir / f"{name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+        set_aside(run_dir)
         run_dir.mkdir()
         log(f"starting {name}: {json.dumps(params)}")
         start = time.perf_counter()
@@ -187,14 +332,40 @@ def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_na
     with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
         futures = [pool.submit(one, name, params) for name, params in todo.items()]
         for future in as_completed(futures):
-            name, err, seconds = future.result()
-            done += 1
-            if err is not None:
-                failed.append(name)
-            reason = (str(err).splitlines() or [type(err).__name__])[-1][:200] if err else ""
-            status = f"FAILED ({reason})" if err else "ok"
-            log(f"[{done}/{len(runs)} done, {len(failed)} failed, {len(runs) - done} left] {name}: "
-                f"{status} in {seconds:.0f} s")
+            yield future.result()
+
+
+def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_names=None, log=print,
+              scheduler=None, fetch_checkpoints=False):
+    """Run every configuration not yet complete; returns (sweep folder, names of the failed runs).
+
+    Locally `jobs` at a time, or, given a scheduler address, on the workers of that Dask cluster.
+    """
+    execute = execute or papermill_execute
+    sweep_file = Path(sweep_file)
+    spec = yaml.safe_load(sweep_file.read_text(encoding="utf-8"))
+    runs = expand(spec, valid_names if valid_names is not None else list(notebook_parameters()))
+    sweep_dir = Path(runs_dir) / _slug(spec.get("name") or sweep_file.stem)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "sweep.yaml").write_text(sweep_file.read_text(encoding="utf-8"), encoding="utf-8")
+    todo = {name: params for name, params in runs.items() if not is_complete(sweep_dir / name)}
+    log(f"sweep {sweep_dir.name}: {len(runs)} runs, {len(runs) - len(todo)} already complete, {len(todo)} to run")
+    failed, done = [], len(runs) - len(todo)
+    start = time.perf_counter()
+    if scheduler:
+        results = dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints, log) if todo else []
+    else:
+        results = local_runs(sweep_dir, todo, jobs, execute, log)
+    for name, err, seconds in results:
+        done += 1
+        if err is not None:
+            failed.append(name)
+        reason = (str(err).splitlines() or [type(err).__name__])[-1][:200] if err else ""
+        status = f"FAILED ({reason})" if err else "ok"
+        log(f"[{done}/{len(runs)} done, {len(failed)} failed, {len(runs) - done} left] {name}: "
+            f"{status} in {seconds:.0f} s")
+    if todo:
+        log(f"{len(todo)} run(s) in {time.perf_counter() - start:.0f} s")
     summarise(sweep_dir, runs)
     return sweep_dir, sorted(failed)
 
@@ -354,6 +525,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", type=Path)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (torch threads are shared out)")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a Dask scheduler (tcp://host:8786): run on its workers, not here")
+    parser.add_argument("--fetch-checkpoints", action="store_true",
+                        help="with --scheduler: also bring each run's checkpoint back from its worker")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where runs/<sweep>/ goes")
     parser.add_argument("--summary-only", action="store_true", help="only (re)write the summary of a sweep")
     args = parser.parse_args(argv)
@@ -367,7 +542,8 @@ def main(argv=None):
             sweep_dir = args.runs_dir / _slug(spec.get("name") or args.sweep_file.stem)
             summarise(sweep_dir, expand(spec, list(notebook_parameters())))
             return 0
-        sweep_dir, failed = run_sweep(args.sweep_file, args.runs_dir, args.jobs)
+        sweep_dir, failed = run_sweep(args.sweep_file, args.runs_dir, args.jobs, scheduler=args.scheduler,
+                                      fetch_checkpoints=args.fetch_checkpoints)
     except SweepError as err:
         print(f"error in {args.sweep_file}: {err}", file=sys.stderr)
         return 2

@@ -14,10 +14,15 @@ It measures, in this process, with the notebook's default parameters:
   95th percentile, with torch's threads as they are and with one thread; and batch
   prediction throughput in reviews per second;
 
+- the peak resident memory of the notebook's own cells from the start through the word
+  vectors (reading, tokenizing, the vocabulary, the ids, counting co-occurrences, PPMI, SVD) on
+  the full data, in a fresh kernel: the step that needed the most memory (skipped, with a
+  message, when the full data is not at hand: set IMDB_ARCHIVE or run the notebook once);
+
 and it reads, from the committed notebook (a complete papermill run) and its metrics.json,
 the wall time of each notebook section and the run's peak memory. It prints a table and
-writes everything as JSON. Only the bundled sample is needed: the model's code comes from the
-notebook, the reviews from data/sample.
+writes everything as JSON. The other figures need only the bundled sample: the model's code
+comes from the notebook, the reviews from data/sample.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,9 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 import helpers  # noqa: E402
-from notebook_code import cell_defining, default_parameters, namespace, notebook_cells  # noqa: E402
+from notebook_code import NOTEBOOK, cell_defining, default_parameters, namespace, notebook_cells  # noqa: E402
 
 METRICS = REPO / "figures" / "metrics.json"
+KERNEL = "sentiment-lstm"  # registered in .venv by `make install`
 SEQ_LENGTHS = (128, 256, 800)  # short, typical (the median training review has 202 tokens) and capped
 
 
@@ -191,6 +199,43 @@ def prediction_speed(cells, namespace, p, vocab, device, n_calls):
             "batch_reviews": len(texts), "batch_reviews_per_s": len(texts) / seconds}
 
 
+PREPROCESSING_LAST_CELL = "helpers.pretrain_word_vectors("  # the memory step runs the notebook up to this cell
+MEMORY_PROBE = """import json
+print(json.dumps({"peak_memory": helpers.peak_memory_mib(device), "vocab_size": len(vocab),
+                  "training_reviews": len(train_idx), "pretraining_seconds": pretraining_seconds}))"""
+
+
+def preprocessing_memory(archive):
+    """Peak memory of the notebook's cells from the start through the word vectors, on the full data.
+
+    The cells run in a fresh kernel through papermill, with the default parameters, exactly as in
+    `make run` (a run folder in a temporary directory); a last cell prints the kernel's peak.
+    """
+    full_data = helpers.DATA_DIR / "aclImdb" / ".complete"
+    if not archive and not full_data.exists():
+        return {"skipped": "the full data is not here: set IMDB_ARCHIVE=path/to/aclImdb_v1.tar.gz or run the "
+                           "notebook once"}
+    notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    sources = ["".join(cell["source"]) for cell in notebook["cells"]]
+    last = next(i for i, (cell, source) in enumerate(zip(notebook["cells"], sources, strict=True))
+                if cell["cell_type"] == "code" and PREPROCESSING_LAST_CELL in source)
+    probe = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": MEMORY_PROBE}
+    notebook["cells"] = notebook["cells"][: last + 1] + [probe]
+    with tempfile.TemporaryDirectory() as tmp:
+        source, executed = Path(tmp, "preprocessing.ipynb"), Path(tmp, "executed.ipynb")
+        source.write_text(json.dumps(notebook), encoding="utf-8")
+        start = time.perf_counter()
+        command = [sys.executable, "-m", "papermill", str(source), str(executed), "-k", KERNEL, "--cwd", str(REPO),
+                   "--no-progress-bar", "-p", "imdb_archive", archive, "-p", "run_dir", str(Path(tmp, "run"))]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"the preprocessing step failed:\n{result.stderr[-3000:]}")
+        seconds = time.perf_counter() - start
+        outputs = json.loads(executed.read_text(encoding="utf-8"))["cells"][-1]["outputs"]
+    measured = json.loads("".join("".join(output.get("text", "")) for output in outputs))
+    return {**measured, "wall_seconds": seconds}
+
+
 def section_times(cells):
     """Wall seconds of each '## ' section of the committed, papermill-executed notebook."""
     sections, current = {}, "(before the first section)"
@@ -243,6 +288,13 @@ def print_table(result):
     rows.append((f"predict_review, {q['review_words']} words, 1 thread",
                  f"median {q['latency_1_thread_median_ms']:.2f} ms, p95 {q['latency_1_thread_p95_ms']:.2f} ms"))
     rows.append((f"batch prediction, {q['batch_reviews']} reviews", f"{q['batch_reviews_per_s']:,.0f} reviews/s"))
+    m = result["preprocessing_memory"]
+    if "skipped" in m:
+        rows.append(("preprocessing and word vectors, full data", f"skipped: {m['skipped']}"))
+    else:
+        rows.append(("preprocessing and word vectors, full data",
+                     f"peak {m['peak_memory']['cpu_rss_mib']:,.0f} MiB resident, {m['wall_seconds']:.0f} s "
+                     f"(fresh kernel; word vectors {m['pretraining_seconds']:.0f} s)"))
     run = result["committed_run"]
     if run.get("peak_memory"):
         rows.append(("default run: peak memory", ", ".join(f"{k} {v:,.0f}" for k, v in run["peak_memory"].items())))
@@ -261,9 +313,12 @@ def main(argv=None):
     parser.add_argument("--out", default=str(REPO / "figures" / "benchmark.json"), help="where to write the JSON")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per shape and round")
     parser.add_argument("--calls", type=int, default=200, help="timed predict_review calls")
+    parser.add_argument("--imdb-archive", default=os.environ.get("IMDB_ARCHIVE", ""),
+                        help="aclImdb_v1.tar.gz for the full-data memory step (default: $IMDB_ARCHIVE)")
     args = parser.parse_args(argv)
 
     helpers.set_seed(0)
+    helpers.flush_denormal_floats()  # as the notebook's setup does
     device = helpers.choose_device(args.device)
     cells = notebook_cells()
     params = default_parameters()
@@ -274,6 +329,7 @@ def main(argv=None):
     result["training"] = training_throughput(definitions, params, vocab, device, args.steps)
     result["packing"] = packing_cost(params, device)
     result["prediction"] = prediction_speed(cells, definitions, params, vocab, device, args.calls)
+    result["preprocessing_memory"] = preprocessing_memory(args.imdb_archive)
     result["section_seconds"] = section_times(cells)
     result["committed_run"] = committed_run()
     print_table(result)

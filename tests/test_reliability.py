@@ -1,13 +1,14 @@
 """Parameters, predictions, checkpoints, run folders and interrupted training."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
 import torch
 
 import helpers
-from conftest import TinyModel
+from conftest import REPO, TinyModel
 
 DEFAULTS = dict(
     imdb_archive="", use_sample=True, valid_fraction=0.1, train_size=0, n_epochs=1, patience=2, batch_size=8,
@@ -214,3 +215,18 @@ def test_a_mismatched_stack_is_named_with_both_versions_and_the_install_line(ver
 def test_the_pinned_stack_passes_the_check():
     helpers.check_stack({"torch": "2.3.1+cu121", "torchtext": "0.18.0+cpu"})
     helpers.check_stack()  # this environment
+
+
+def test_environment_yml_pins_what_requirements_txt_pins():
+    """conda users get the same versions: every package requirements.txt names (but uv) at its version."""
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    environment = (REPO / "environment.yml").read_text(encoding="utf-8")
+    found = dict(re.findall(r"^\s+- ([A-Za-z0-9_.-]+)==?([0-9][^\s#]*)", environment, flags=re.MULTILINE))
+    found = {name.lower(): version for name, version in found.items()}
+    pins.pop("uv")  # the lock compiler, only needed by `make lock`
+    assert {name: found.get(name) for name in pins} == pins

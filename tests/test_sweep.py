@@ -173,7 +173,7 @@ def test_every_exercise_runs_on_the_sample(tmp_path):
                     "max_vocab_size": 2000}
     names = [run["name"] for run in spec["runs"]]
     assert names == ["baseline", "ex1-last-pooling", "ex2-no-pretrained-vectors", "ex3-max-length-400",
-                     "ex3-max-length-1600", "ex4-one-direction", "ex6-padding-first"]
+                     "ex3-max-length-1200", "ex4-one-direction", "ex6-padding-first"]
     sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, "exercises"), tmp_path / "runs", jobs=2)
     assert failed == []
     edited = json.loads((sweep_dir / "ex6-padding-first" / "sentiment_lstm.ipynb").read_text())

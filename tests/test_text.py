@@ -38,8 +38,15 @@ def test_vocab_from_tokens_refuses_a_malformed_list(itos):
 
 def test_numericalize_maps_unknown_to_unk_and_truncates():
     vocab = helpers.build_vocab([["good", "film"]])
-    assert helpers.numericalize(["good", "bad", "film", "good"], vocab, max_length=3) == [
-        vocab["good"], 1, vocab["film"]]
+    ids = helpers.numericalize(["good", "bad", "film", "good"], vocab, max_length=3)
+    assert ids.dtype == np.int32  # compact: 4 bytes an id
+    assert ids.tolist() == [vocab["good"], 1, vocab["film"]]
+
+
+def test_tokens_are_interned_so_repeated_words_share_one_string():
+    first, second = helpers.tokenize("The film, the FILM."), helpers.tokenize("a film")
+    assert first == ["the", "film", ",", "the", "film", "."]
+    assert first[0] is first[3] and first[1] is first[4] is second[1]
 
 
 def test_stratified_split_is_balanced_disjoint_complete_and_seeded():

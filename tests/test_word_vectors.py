@@ -98,3 +98,30 @@ def test_unlabelled_reviews_are_read_and_a_missing_folder_says_how_to_go_on(tmp_
 def test_peak_memory_is_reported_in_mib():
     peak = helpers.peak_memory_mib(torch.device("cpu"))
     assert 10 < peak["cpu_rss_mib"] < 1_000_000
+
+
+def test_counting_in_chunks_gives_exactly_the_counts_of_counting_in_one_go():
+    # Real reviews from the sample, so that frequent and rare words, repeats ("very very") and
+    # <unk> all occur; every number of chunks must give the same matrix, bit for bit.
+    texts, _ = helpers.read_imdb(helpers.SAMPLE_DIR, "train")
+    token_lists = [helpers.tokenize(text) for text in texts]
+    vocab = helpers.build_vocab(token_lists[:200], min_freq=2)
+    id_lists = [helpers.numericalize(tokens, vocab, 10_000) for tokens in token_lists]
+    one_go = helpers.cooccurrence_matrix(id_lists, len(vocab), window=5, n_chunks=1)
+    assert one_go.values().numel() > 10_000
+    for n_chunks in (2, 7, len(vocab) + 3):
+        chunked = helpers.cooccurrence_matrix(id_lists, len(vocab), window=5, n_chunks=n_chunks)
+        assert torch.equal(chunked.crow_indices(), one_go.crow_indices())
+        assert torch.equal(chunked.col_indices(), one_go.col_indices())
+        assert torch.equal(chunked.values(), one_go.values())
+    # And the counts are those of a plain double loop over the pairs.
+    expected = torch.zeros(len(vocab), len(vocab), dtype=torch.float64)
+    for ids in id_lists:
+        kept = [(position, i) for position, i in enumerate(ids.tolist()) if i > 1]
+        for a, (position_a, i) in enumerate(kept):
+            for position_b, j in kept[a + 1 :]:
+                if position_b - position_a > 5:
+                    break
+                expected[i, j] += 1 / (position_b - position_a)
+                expected[j, i] += 1 / (position_b - position_a)
+    assert torch.allclose(one_go.to_dense(), expected, rtol=1e-12, atol=0)
