@@ -277,6 +277,7 @@ def dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints=False, log=print, wo
 
     def run(*args):
         return run_on_worker(*args)
+
     try:
         client = Client(scheduler, timeout="20s")
     except OSError as err:
