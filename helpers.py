@@ -714,10 +714,14 @@ def _csr_matrix(rows, cols, values, size):
     cols = cols[order]
     values = values[order]
     del order
+    return _csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(values), (size, size))
+
+
+def _csr_tensor(crow, cols, values, shape):
+    """torch.sparse_csr_tensor, without its warning that CSR support is in beta (it works for what we use)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(values),
-                                       (size, size))
+        return torch.sparse_csr_tensor(crow, cols, values, shape)
 
 
 def _csr_rows(matrix):
@@ -755,9 +759,7 @@ def ppmi(counts, context_power=0.75):
     crow = torch.zeros(counts.size(0) + 1, dtype=cols.dtype)
     crow[1:] = torch.bincount(rows[keep], minlength=counts.size(0)).cumsum(0)
     del rows
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, cols[keep], pmi[keep].float(), counts.shape)
+    return _csr_tensor(crow, cols[keep], pmi[keep].float(), counts.shape)
 
 
 def svd_word_vectors(matrix, dim, seed=0, n_iter=4):
