@@ -105,6 +105,8 @@ def _positive(value):
     return value > 0
 
 
+POOLINGS = ("last", "max", "mean", "max+mean")  # the ways pool_over_time summarises a review
+
 PARAM_SPECS = {
     "imdb_archive": ParamSpec(str, "a path to aclImdb_v1.tar.gz, or '' to download"),
     "use_sample": ParamSpec(bool, "True or False"),
@@ -112,6 +114,7 @@ PARAM_SPECS = {
     "train_size": ParamSpec(int, "0 (every training review) or an integer >= 2", lambda v: v == 0 or v >= 2),
     "n_epochs": ParamSpec(int, "an integer >= 1 (0 only with init_checkpoint)", lambda v: v >= 0),
     "patience": ParamSpec(int, "an integer >= 1", lambda v: v >= 1),
+    "average_epochs": ParamSpec(int, "an integer >= 1 (1: the best epoch's weights alone)", _positive),
     "batch_size": ParamSpec(int, "an integer >= 1", _positive),
     "max_length": ParamSpec(int, "an integer >= 1", _positive),
     "min_freq": ParamSpec(int, "an integer >= 1", _positive),
@@ -123,7 +126,7 @@ PARAM_SPECS = {
     "hidden_dim": ParamSpec(int, "an integer >= 1", _positive),
     "n_layers": ParamSpec(int, "an integer >= 1", _positive),
     "bidirectional": ParamSpec(bool, "True or False"),
-    "pooling": ParamSpec(str, "'last', 'max' or 'mean'", lambda v: v in ("last", "max", "mean")),
+    "pooling": ParamSpec(str, "'last', 'max', 'mean' or 'max+mean'", lambda v: v in POOLINGS),
     "embedding_dropout": ParamSpec(float, "a float with 0 <= value < 1", lambda v: 0 <= v < 1),
     "dropout": ParamSpec(float, "a float with 0 <= value < 1", lambda v: 0 <= v < 1),
     "lr": ParamSpec(float, "a float > 0", _positive),
@@ -935,8 +938,11 @@ def pool_over_time(outputs, lengths, how):
     """Summarise [batch, seq_len, features] LSTM outputs per review, ignoring padding.
 
     'last': the output at each review's last real token; 'max': the largest value of each
-    feature over the real tokens; 'mean': their average.
+    feature over the real tokens; 'mean': their average; 'max+mean': both, side by side
+    ([batch, 2 * features]).
     """
+    if how == "max+mean":
+        return torch.cat([pool_over_time(outputs, lengths, "max"), pool_over_time(outputs, lengths, "mean")], dim=1)
     lengths = lengths.to(outputs.device)
     if how == "last":
         index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
@@ -946,7 +952,7 @@ def pool_over_time(outputs, lengths, how):
         return outputs.masked_fill(~mask, float("-inf")).max(dim=1).values
     if how == "mean":
         return (outputs * mask).sum(dim=1) / lengths.unsqueeze(1).to(outputs.dtype)
-    raise ValueError(f"pooling={how!r} is not one of 'last', 'max', 'mean'")
+    raise ValueError(f"pooling={how!r} is not one of {', '.join(map(repr, POOLINGS))}")
 
 
 def count_parameters(model):
@@ -997,6 +1003,23 @@ class EarlyStopping:
     @property
     def should_stop(self):
         return self.epoch - self.best_epoch >= self.patience
+
+
+def averaging_window(best_epoch, last_epoch, size):
+    """The `size` consecutive epochs around best_epoch, within 1..last_epoch, whose weights are averaged.
+
+    The window is centred on the best epoch (one more epoch after it than before when `size` is
+    even), moved inwards where it would run past the first or the last epoch, and shortened to
+    every epoch when there are fewer than `size`.
+    """
+    if not 1 <= best_epoch <= last_epoch:
+        raise ValueError(f"best_epoch {best_epoch} is not an epoch of 1..{last_epoch}")
+    if size < 1:
+        raise ValueError(f"an averaging window needs at least one epoch, got size {size}")
+    size = min(size, last_epoch)
+    first = best_epoch - (size - 1) // 2
+    first = max(1, min(first, last_epoch - size + 1))
+    return list(range(first, first + size))
 
 
 class StopOnInterrupt:

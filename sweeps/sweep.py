@@ -398,7 +398,10 @@ def summarise(sweep_dir, runs, log=print):
             history = metrics["history"]
             histories[name] = history
             row["run_seconds"] = run_seconds(sweep_dir / name)
-            row.update(status="ok", best_valid_acc=metrics["best_valid_acc"],
+            # valid_*: the final model's (averaged epochs); runs from before averaging have only best_valid_*
+            row.update(status="ok", valid_acc=metrics.get("valid_acc", metrics["best_valid_acc"]),
+                       valid_loss=metrics.get("valid_loss", metrics["best_valid_loss"]),
+                       best_valid_acc=metrics["best_valid_acc"],
                        best_valid_loss=metrics["best_valid_loss"], test_accuracy=metrics["test_accuracy"],
                        epochs=len(history["epoch"]),
                        best_epoch=metrics["best_epoch"], seconds=round(metrics["training_seconds"]))
@@ -406,8 +409,9 @@ def summarise(sweep_dir, runs, log=print):
             error = sweep_dir / name / "error.txt"
             row["status"] = "failed" if error.exists() else "not run"
         rows.append(row)
-    rows.sort(key=lambda r: -(r.get("best_valid_acc") or -1))
-    columns = ["run", *varied, "status", "best_valid_acc", "best_valid_loss", "test_accuracy", "epochs",
+    rows.sort(key=lambda r: -(r.get("valid_acc") or -1))
+    columns = ["run", *varied, "status", "valid_acc", "valid_loss", "best_valid_acc", "best_valid_loss",
+               "test_accuracy", "epochs",
                "best_epoch", "seconds", "run_seconds"]
     with open(sweep_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
@@ -421,6 +425,7 @@ def summarise(sweep_dir, runs, log=print):
         plot_sweep(sweep_dir, runs, histories, varied, rows)
     if any(SEED_SUFFIX.search(name) for name in runs):
         summarise_by_configuration(sweep_dir, runs, rows, [k for k in varied if k != "seed"])
+    summarise_averaging(sweep_dir, runs)
     log(f"summary: {sweep_dir / 'summary.md'}")
     return rows
 
@@ -458,7 +463,8 @@ def summarise_by_configuration(sweep_dir, runs, rows, varied):
     for config in configs:
         first = runs[next(name for name in runs if configuration(name) == config)]
         row = {"config": config, **{k: first.get(k, "(default)") for k in varied}, "seeds": len(done[config])}
-        for key in ("best_valid_acc", "best_valid_loss", "test_accuracy", "seconds", "run_seconds"):
+        for key in ("valid_acc", "valid_loss", "best_valid_acc", "best_valid_loss", "test_accuracy", "seconds",
+                    "run_seconds"):
             row[f"{key}_mean"], row[f"{key}_sd"] = _mean_sd([float(r[key]) for r in done[config]
                                                             if r.get(key) is not None])
         summary.append(row)
@@ -466,14 +472,15 @@ def summarise_by_configuration(sweep_dir, runs, rows, varied):
     for row in summary:
         if row["config"] == reference or not row["seeds"] or not ref["seeds"]:
             continue
-        row["valid_acc_vs_reference"] = row["best_valid_acc_mean"] - ref["best_valid_acc_mean"]
-        if row["best_valid_acc_sd"] is not None and ref["best_valid_acc_sd"] is not None:
-            row["vs_reference_se"] = math.sqrt(row["best_valid_acc_sd"] ** 2 / row["seeds"]
-                                               + ref["best_valid_acc_sd"] ** 2 / ref["seeds"])
+        row["valid_acc_vs_reference"] = row["valid_acc_mean"] - ref["valid_acc_mean"]
+        if row["valid_acc_sd"] is not None and ref["valid_acc_sd"] is not None:
+            row["vs_reference_se"] = math.sqrt(row["valid_acc_sd"] ** 2 / row["seeds"]
+                                               + ref["valid_acc_sd"] ** 2 / ref["seeds"])
             row["beyond_noise"] = "yes" if abs(row["valid_acc_vs_reference"]) > 2 * row["vs_reference_se"] else "no"
-    summary.sort(key=lambda r: -(r["best_valid_acc_mean"] if r["best_valid_acc_mean"] is not None else -1))
-    columns = ["config", *varied, "seeds", "best_valid_acc_mean", "best_valid_acc_sd", "best_valid_loss_mean",
-               "best_valid_loss_sd", "test_accuracy_mean", "test_accuracy_sd", "seconds_mean", "run_seconds_mean",
+    summary.sort(key=lambda r: -(r["valid_acc_mean"] if r["valid_acc_mean"] is not None else -1))
+    columns = ["config", *varied, "seeds", "valid_acc_mean", "valid_acc_sd", "valid_loss_mean", "valid_loss_sd",
+               "best_valid_acc_mean", "best_valid_acc_sd", "best_valid_loss_mean", "best_valid_loss_sd",
+               "test_accuracy_mean", "test_accuracy_sd", "seconds_mean", "run_seconds_mean",
                "valid_acc_vs_reference", "vs_reference_se", "beyond_noise"]
     with open(sweep_dir / "summary_by_config.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
@@ -488,6 +495,52 @@ def summarise_by_configuration(sweep_dir, runs, rows, varied):
     return summary
 
 
+def summarise_averaging(sweep_dir, runs):
+    """averaging_by_config.csv: what averaging the weights of 1, 2, ... epochs did, per configuration.
+
+    Every run's notebook measures windows of 1 to 5 epochs around its best epoch on the validation
+    split (metrics.json's "averaging"). For each configuration and window size: the mean and standard
+    deviation over the runs (seeds), and the paired differences of accuracy and loss from the best
+    epoch alone (the same run's window of 1) with their standard errors, sd(differences) / sqrt(n),
+    and whether each exceeds twice its standard error. Configuration "(all)" pools every run of
+    the sweep. Returns the rows; writes nothing if no run recorded an averaging table.
+    """
+    windows = {}  # (config, size) -> [(valid_acc, valid_loss, (valid_acc, valid_loss) of the best epoch alone)]
+    for name in runs:
+        if not is_complete(sweep_dir / name):
+            continue
+        table = json.loads((sweep_dir / name / "metrics.json").read_text()).get("averaging") or []
+        alone = next(((r["valid_acc"], r["valid_loss"]) for r in table if len(r["epochs"]) == 1), None)
+        for row in table:
+            windows.setdefault((configuration(name), len(row["epochs"])), []).append(
+                (row["valid_acc"], row["valid_loss"], alone))
+    if not windows:
+        return []
+    if len({config for config, _ in windows}) > 1:  # and every run of the sweep together, paired the same way
+        for (_, size), values in list(windows.items()):
+            windows.setdefault(("(all)", size), []).extend(values)
+    summary = []
+    for (config, size), values in windows.items():
+        row = {"config": config, "epochs_averaged": size, "runs": len(values)}
+        row["valid_acc_mean"], row["valid_acc_sd"] = _mean_sd([v[0] for v in values])
+        row["valid_loss_mean"], row["valid_loss_sd"] = _mean_sd([v[1] for v in values])
+        paired = [v for v in values if v[2] is not None]
+        if size > 1 and len(paired) > 1:
+            for metric, index in (("acc", 0), ("loss", 1)):
+                mean, sd = _mean_sd([v[index] - v[2][index] for v in paired])
+                row[f"{metric}_vs_one_epoch"], row[f"{metric}_vs_one_epoch_se"] = mean, sd / math.sqrt(len(paired))
+                row[f"{metric}_beyond_noise"] = "yes" if abs(mean) > 2 * row[f"{metric}_vs_one_epoch_se"] else "no"
+        summary.append(row)
+    columns = ["config", "epochs_averaged", "runs", "valid_acc_mean", "valid_acc_sd", "valid_loss_mean",
+               "valid_loss_sd", "acc_vs_one_epoch", "acc_vs_one_epoch_se", "acc_beyond_noise", "loss_vs_one_epoch",
+               "loss_vs_one_epoch_se", "loss_beyond_noise"]
+    with open(sweep_dir / "averaging_by_config.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(summary)
+    return summary
+
+
 def plot_by_configuration(sweep_dir, summary):
     """Mean validation accuracy per configuration, with error bars of one standard deviation over seeds."""
     import matplotlib
@@ -497,11 +550,11 @@ def plot_by_configuration(sweep_dir, summary):
 
     shown = [r for r in summary if r["seeds"]]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(shown) + 1.2))
-    ax.errorbar([r["best_valid_acc_mean"] for r in shown], range(len(shown)),
-                xerr=[r["best_valid_acc_sd"] or 0 for r in shown], fmt="o", capsize=4)
+    ax.errorbar([r["valid_acc_mean"] for r in shown], range(len(shown)),
+                xerr=[r["valid_acc_sd"] or 0 for r in shown], fmt="o", capsize=4)
     ax.set_yticks(range(len(shown)), [f"{r['config']} (n={r['seeds']})" for r in shown])
     ax.invert_yaxis()
-    ax.set(xlabel="validation accuracy at the kept epoch (mean ± sd over seeds)",
+    ax.set(xlabel="validation accuracy of the final model (mean ± sd over seeds)",
            title=f"Sweep {Path(sweep_dir).name}")
     fig.tight_layout()
     fig.savefig(Path(sweep_dir) / "valid_acc_by_config.png", dpi=120)
@@ -529,8 +582,8 @@ def plot_sweep(sweep_dir, runs, histories, varied, rows):
         fig, axes = plt.subplots(1, len(varied), figsize=(3.6 * len(varied), 3.4), squeeze=False)
         for ax, name in zip(axes[0], varied, strict=True):
             values = [str(r[name]) for r in done]
-            ax.scatter(values, [r["best_valid_acc"] for r in done])
-            ax.set(xlabel=name, ylabel="best validation accuracy")
+            ax.scatter(values, [r["valid_acc"] for r in done])
+            ax.set(xlabel=name, ylabel="validation accuracy")
         fig.suptitle(f"Sweep {sweep_dir.name}")
         fig.tight_layout()
         fig.savefig(sweep_dir / "valid_acc_by_parameter.png", dpi=120)

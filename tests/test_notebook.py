@@ -209,4 +209,4 @@ def test_the_committed_notebook_is_a_clean_default_run():
     counts = [c["execution_count"] for c in code]
     assert all(counts) and counts == sorted(counts), "not one top-to-bottom run"
     assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
-    assert NOTEBOOK.stat().st_size < 300_000
+    assert NOTEBOOK.stat().st_size < 320_000  # figures and tables of one run; a stray image or log would blow it

@@ -5,11 +5,15 @@ The results table against figures/metrics.json (the committed run), and the swee
 """
 
 import csv
+import itertools
 import json
+import math
 import re
 from pathlib import Path
 
 import pytest
+
+from notebook_code import default_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -27,13 +31,15 @@ def section(heading):
 
 def table_rows(text):
     """The rows of the first markdown table in text, as lists of stripped cells (header and rule left out)."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    lines = list(itertools.dropwhile(lambda line: not line.startswith("|"), text.splitlines()))
+    lines = list(itertools.takewhile(lambda line: line.startswith("|"), lines))
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
-def csv_rows(name):
+def csv_rows(name, key="run"):
+    """A summary CSV of figures/, as {the row's `key` column: row}."""
     with open(REPO / "figures" / name, newline="", encoding="utf-8") as f:
-        return {row["run"]: row for row in csv.DictReader(f)}
+        return {row[key]: row for row in csv.DictReader(f)}
 
 
 def test_the_results_table_is_the_committed_runs_metrics():
@@ -46,6 +52,8 @@ def test_the_results_table_is_the_committed_runs_metrics():
         "precision / recall / F1": f"{m['test_precision']:.4f} / {m['test_recall']:.4f} / {m['test_f1']:.4f}",
         "best epoch (by validation loss)": f"{m['best_epoch']} of {len(m['history']['epoch'])} run",
         "validation accuracy at the best epoch": f"{m['best_valid_acc']:.4f}",
+        "epochs averaged into the final model": " and ".join(map(str, m["averaged_epochs"])),
+        "validation accuracy of the final model": f"{m['valid_acc']:.4f}",
         "word-vector pretraining": f"{m['pretraining_seconds']:.0f} s",
         "training time": f"{m['training_seconds'] / 60:.1f} min",
         "expected calibration error, before / after temperature scaling":
@@ -62,7 +70,7 @@ def test_the_model_size_in_the_readme_is_the_committed_runs():
 
 
 @pytest.mark.parametrize("heading, summary, columns", [
-    ("## What each choice is worth: the ablation", "sweep_ablation_summary.csv",
+    ("### Earlier: one run per choice", "sweep_ablation_summary.csv",
      {2: "best_valid_acc", 4: "best_valid_loss", 6: "test_accuracy"}),
     ("### A sweep on the full data: how to pool the LSTM's outputs", "sweep_pooling_summary.csv",
      {3: "best_valid_acc", 4: "best_valid_loss", 5: "test_accuracy"}),
@@ -73,6 +81,55 @@ def test_every_sweep_table_matches_its_summary(heading, summary, columns):
     for row in rows:
         for index, key in columns.items():
             assert row[index] == f"{float(expected[row[0]][key]):.4f}", (row[0], key)
+
+
+def test_the_seeded_ablation_table_matches_its_summary():
+    """Best-epoch validation accuracy (mean ± sd over seeds), and its difference from the default ± standard error."""
+    rows, expected = table_rows(section("## What each choice is worth: the ablation")), csv_rows(
+        "sweep_ablation_seeds_by_config.csv", "config")
+    assert sorted(row[0] for row in rows) == sorted(expected)
+    reference = expected["default"]
+    for row in rows:
+        want = expected[row[0]]
+        mean, sd, n = float(want["best_valid_acc_mean"]), float(want["best_valid_acc_sd"]), int(want["seeds"])
+        assert row[2] == str(n) and row[3] == f"{mean:.4f} ± {sd:.4f}", row[0]
+        assert row[6] == f"{float(want['best_valid_loss_mean']):.4f} ± {float(want['best_valid_loss_sd']):.4f}"
+        assert row[7] == f"{float(want['run_seconds_mean']) / 60:.1f}"
+        if row[0] != "default":
+            difference = mean - float(reference["best_valid_acc_mean"])
+            se = math.sqrt(sd**2 / n + float(reference["best_valid_acc_sd"]) ** 2 / int(reference["seeds"]))
+            assert row[4] == f"{100 * difference:+.1f} ± {100 * se:.1f} pt".replace("+-", "-"), row[0]
+            assert row[5] == ("yes" if abs(difference) > 2 * se else "no"), row[0]
+
+
+def test_the_weight_averaging_table_matches_its_summary():
+    rows = table_rows(section("### Weight averaging: the best epoch and the next"))
+    with open(REPO / "figures" / "sweep_ablation_seeds_averaging.csv", newline="", encoding="utf-8") as f:
+        expected = {row["epochs_averaged"]: row for row in csv.DictReader(f) if row["config"] == "(all)"}
+    assert [row[0].split(" ")[0] for row in rows] == sorted(expected)
+    for row in rows:
+        want = expected[row[0].split(" ")[0]]
+        assert row[1] == want["runs"] and row[2] == f"{float(want['valid_acc_mean']):.4f}"
+        assert row[5] == f"{float(want['valid_loss_mean']):.4f}"
+        if want["acc_vs_one_epoch"]:
+            gain, se = 100 * float(want["acc_vs_one_epoch"]), 100 * float(want["acc_vs_one_epoch_se"])
+            assert row[3] == f"{gain:+.2f} ± {se:.2f} pt"
+            assert row[4] == want["acc_beyond_noise"] and row[7] == want["loss_beyond_noise"]
+            assert row[6] == f"{float(want['loss_vs_one_epoch']):+.4f} ± {float(want['loss_vs_one_epoch_se']):.4f}"
+
+
+def test_the_default_averages_the_window_that_won_on_validation():
+    averaged = [row for row in table_rows(section("### Weight averaging: the best epoch and the next"))
+                if row[4] == "yes"]
+    assert [row[0] for row in averaged] == [str(default_parameters()["average_epochs"])]
+
+
+def test_the_exercise_runs_kept_their_best_epoch_so_both_columns_describe_one_model():
+    """The exercise tables quote best_valid_acc, and the difference from the baseline is computed on the
+    final model's valid_acc: the same numbers only while those runs' final model is the best epoch's.
+    A rerun with weight averaging must update the tables (and the notebook's answers) from valid_acc."""
+    for config, row in csv_rows("sweep_exercises_by_config.csv", "config").items():
+        assert row["valid_acc_mean"] == row["best_valid_acc_mean"], config
 
 
 def test_the_exercise_table_matches_the_seeded_summary():

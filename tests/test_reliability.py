@@ -11,11 +11,11 @@ import helpers
 from conftest import REPO, TinyModel
 
 DEFAULTS = dict(
-    imdb_archive="", use_sample=True, valid_fraction=0.1, train_size=0, n_epochs=1, patience=2, batch_size=8,
-    max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, pretrain_embeddings=True, word_vector_window=5,
-    ppmi_context_power=0.75, hidden_dim=8, n_layers=1, bidirectional=True, pooling="max", embedding_dropout=0.0,
-    dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0, device="cpu", ig_steps=8, shaded_tokens=10, run_dir="",
-    init_checkpoint="", predict_file="",
+    imdb_archive="", use_sample=True, valid_fraction=0.1, train_size=0, n_epochs=1, patience=2, average_epochs=2,
+    batch_size=8, max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, pretrain_embeddings=True,
+    word_vector_window=5, ppmi_context_power=0.75, hidden_dim=8, n_layers=1, bidirectional=True, pooling="max",
+    embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0, device="cpu", ig_steps=8, shaded_tokens=10,
+    run_dir="", init_checkpoint="", predict_file="",
 )
 
 # At least one bad value for every parameter, with what the error must say.
@@ -29,6 +29,7 @@ BAD_VALUES = [
     ("n_epochs", 0, "n_epochs=0 is only valid with init_checkpoint"),
     ("n_epochs", 2.5, "n_epochs=2.5 is not valid: expected an integer"),
     ("patience", 0, "patience=0 is not valid: expected an integer >= 1"),
+    ("average_epochs", 0, "average_epochs=0 is not valid: expected an integer >= 1"),
     ("batch_size", True, "batch_size=True is not valid"),
     ("max_length", 0, "max_length=0 is not valid"),
     ("min_freq", 0, "min_freq=0 is not valid"),

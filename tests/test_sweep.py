@@ -68,10 +68,15 @@ def fake_execute(fail=()):
         calls.append(run_dir.name)
         if run_dir.name in fail:
             raise RuntimeError("ValueError: parameter hidden_dim=-1 is not valid")
-        acc = 0.5 + params.get("hidden_dim", 0) / 100 + params.get("seed", 0) / 1000
+        seed = params.get("seed", 0)
+        acc = 0.5 + params.get("hidden_dim", 0) / 100 + seed / 1000
         history = {"epoch": [1, 2], "valid_loss": [0.7, 0.6], "valid_acc": [acc - 0.01, acc]}
+        # The final model averages epochs 1 and 2: 0.002 (+ seed / 10,000) better than the best epoch alone.
+        averaged = {"epochs": [1, 2], "valid_acc": acc + 0.002 + seed / 10_000, "valid_loss": 0.59}
         (run_dir / "metrics.json").write_text(json.dumps({
             "test_accuracy": acc, "best_valid_acc": acc, "best_valid_loss": 0.6, "best_epoch": 2,
+            "valid_acc": averaged["valid_acc"], "valid_loss": averaged["valid_loss"],
+            "averaging": [{"epochs": [2], "valid_acc": acc, "valid_loss": 0.6}, averaged],
             "training_seconds": 3.0, "history": history}))
 
     execute.calls = calls
@@ -145,13 +150,32 @@ def test_seeds_repeat_every_configuration_and_the_summary_gives_mean_sd_and_the_
     assert float(wide["best_valid_acc_mean"]) == pytest.approx(0.665)
     assert float(wide["best_valid_acc_sd"]) == pytest.approx(0.004)  # seeds 1, 5, 9 -> +0.001, +0.005, +0.009
     assert float(wide["valid_acc_vs_reference"]) == pytest.approx(0.16)
-    assert float(wide["vs_reference_se"]) == pytest.approx((2 * 0.004**2 / 3) ** 0.5)
+    assert float(wide["vs_reference_se"]) == pytest.approx((2 * 0.0044**2 / 3) ** 0.5)  # of the final models
     assert wide["beyond_noise"] == "yes"
     assert float(rows["narrow"]["valid_acc_vs_reference"]) == pytest.approx(-0.005)
-    assert rows["narrow"]["beyond_noise"] == "no"  # 0.5 points, within two standard errors of 0.33
+    assert float(wide["valid_acc_mean"]) == pytest.approx(0.665 + 0.002 + 0.0005)  # the final model's
+    assert rows["narrow"]["beyond_noise"] == "no"  # 0.5 points, within two standard errors of 0.36
     assert rows["default"]["valid_acc_vs_reference"] == ""  # the reference itself
     assert "Reference configuration: default" in (sweep_dir / "summary_by_config.md").read_text()
     assert (sweep_dir / "valid_acc_by_config.png").exists()
+
+
+def test_the_averaging_summary_pairs_each_window_with_the_same_runs_best_epoch(tmp_path):
+    spec = write_spec(tmp_path, {"runs": [{"name": "default"}, {"name": "wide", "hidden_dim": 16}], "seeds": [1, 5, 9]})
+    sweep_dir, _ = sweep.run_sweep(spec, tmp_path / "runs", execute=fake_execute(), valid_names=NAMES,
+                                   log=lambda *a: None)
+    with open(sweep_dir / "averaging_by_config.csv", newline="") as f:
+        rows = {(row["config"], row["epochs_averaged"]): row for row in csv.DictReader(f)}
+    assert sorted(rows) == [("(all)", "1"), ("(all)", "2"), ("default", "1"), ("default", "2"), ("wide", "1"),
+                            ("wide", "2")]
+    two = rows[("wide", "2")]
+    assert two["runs"] == "3" and float(two["valid_acc_mean"]) == pytest.approx(0.665 + 0.0025)
+    # Paired differences 0.0021, 0.0025, 0.0029: mean 0.0025, sd 0.0004; unpaired, the seeds' spread
+    # (sd 0.004) would hide them.
+    assert float(two["acc_vs_one_epoch"]) == pytest.approx(0.0025)
+    assert float(two["acc_vs_one_epoch_se"]) == pytest.approx(0.0004 / 3**0.5)
+    assert two["acc_beyond_noise"] == "yes" and two["loss_beyond_noise"] == "yes"  # 0.59 against 0.6 every time
+    assert rows[("(all)", "2")]["runs"] == "6" and rows[("default", "1")]["acc_vs_one_epoch"] == ""
 
 
 def test_an_edit_must_find_its_text_exactly_once(tmp_path):

@@ -136,6 +136,6 @@ def test_a_worker_killed_in_the_middle_of_a_run_does_not_lose_the_sweep(tmp_path
     # Both runs finished on the surviving worker, and nothing half-written is left in runs/.
     survivor = next(worker for worker in workers if worker != killed)
     assert {line.split(": ran on ")[1] for line in lines if ": ran on " in line} == {survivor}
-    assert sorted(p.name for p in sweep_dir.iterdir()) == ["first", "second", "summary.csv", "summary.md",
-                                                           "sweep.yaml", "valid_acc_by_parameter.png",
-                                                           "valid_loss_curves.png"]
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["averaging_by_config.csv", "first", "second",
+                                                           "summary.csv", "summary.md", "sweep.yaml",
+                                                           "valid_acc_by_parameter.png", "valid_loss_curves.png"]

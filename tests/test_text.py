@@ -93,11 +93,17 @@ def test_reverse_padded_reverses_within_each_length_and_is_its_own_inverse():
     assert torch.equal(helpers.reverse_padded(reversed_x, lengths), x)
 
 
-@pytest.mark.parametrize("how, expected", [("last", [3.0, -1.0]), ("max", [3.0, 2.0]), ("mean", [2.0, 0.5])])
+@pytest.mark.parametrize("how, expected", [("last", [[3.0], [-1.0]]), ("max", [[3.0], [2.0]]),
+                                           ("mean", [[2.0], [0.5]]), ("max+mean", [[3.0, 2.0], [2.0, 0.5]])])
 def test_pool_over_time_ignores_padding(how, expected):
     outputs = torch.tensor([[1.0, 2.0, 3.0, 99.0], [2.0, -1.0, 99.0, 99.0]]).unsqueeze(-1)
     pooled = helpers.pool_over_time(outputs, torch.tensor([3, 2]), how)
-    assert pooled.squeeze(-1).tolist() == expected
+    assert pooled.tolist() == expected
+
+
+def test_pool_over_time_names_the_valid_poolings():
+    with pytest.raises(ValueError, match="'last', 'max', 'mean', 'max\\+mean'"):
+        helpers.pool_over_time(torch.zeros(1, 2, 1), torch.tensor([2]), "min")
 
 
 def test_a_model_does_not_read_padding(tiny_model):

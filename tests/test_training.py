@@ -1,5 +1,6 @@
 """The notebook's own model, training step, evaluation pass, early stopping and predict_review."""
 
+import shutil
 import time
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 
 import helpers
 from conftest import TinyModel
-from notebook_code import cell_containing, namespace
+from notebook_code import cell_containing, cell_defining, namespace
 
 torch.set_num_threads(1)
 
@@ -20,7 +21,7 @@ def sentiment_lstm(**overrides):
     return namespace("SentimentLSTM")["SentimentLSTM"](**dict(config, **overrides)).eval()
 
 
-@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
+@pytest.mark.parametrize("pooling", ["max", "mean", "last", "max+mean"])
 @pytest.mark.parametrize("n_layers, bidirectional", [(1, True), (2, True), (2, False)])
 def test_a_review_gets_the_same_logit_whatever_padding_follows_it(pooling, n_layers, bidirectional):
     model = sentiment_lstm(pooling=pooling, n_layers=n_layers, bidirectional=bidirectional)
@@ -139,6 +140,45 @@ def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
     assert len(space["history"]["seconds"]) == 2  # one entry per epoch, not a total
     exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102 - goes on with the best checkpoint
     assert (tmp_path / "checkpoint" / "weights.pt").exists()
+
+
+@pytest.mark.parametrize("best, last, size, expected", [
+    (3, 5, 1, [3]), (3, 5, 2, [3, 4]), (3, 5, 3, [2, 3, 4]), (3, 5, 4, [2, 3, 4, 5]), (3, 5, 5, [1, 2, 3, 4, 5]),
+    (5, 5, 3, [3, 4, 5]),  # the best epoch is the last: the window moves back
+    (1, 4, 3, [1, 2, 3]),  # the best epoch is the first: the window moves forward
+    (2, 2, 3, [1, 2]),  # fewer epochs than the window: all of them
+])
+def test_averaging_window_centres_on_the_best_epoch_within_the_epochs_run(best, last, size, expected):
+    assert helpers.averaging_window(best, last, size) == expected
+
+
+@pytest.mark.parametrize("best, last, size, message", [(0, 3, 2, "best_epoch 0 is not an epoch of 1..3"),
+                                                       (4, 3, 2, "best_epoch 4"), (2, 3, 0, "at least one epoch")])
+def test_averaging_window_rejects_what_is_no_window(best, last, size, message):
+    with pytest.raises(ValueError, match=message):
+        helpers.averaging_window(best, last, size)
+
+
+def test_the_final_model_averages_the_weights_of_the_epochs_around_the_best(tmp_path):
+    space = _run_training_cell(tmp_path, helpers.BucketBatches(*_toy_data(), 8, shuffle=True), n_epochs=4, patience=4)
+    saved = [torch.load(tmp_path / "epoch_weights" / f"epoch_{e}" / "weights.pt", weights_only=True)
+             for e in (1, 2, 3, 4)]
+    assert not torch.equal(saved[0]["fc.weight"], saved[3]["fc.weight"])  # training moved the weights
+    best = space["stopper"].best_epoch
+    exec(cell_defining("averaged_weights"), space)  # noqa: S102
+    exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102
+    space.update(average_epochs=3, shutil=shutil, display=lambda table: None)
+    exec(cell_containing("averaging = []"), space)  # noqa: S102 - the table of windows
+    assert [row["epochs"] for row in space["averaging"]] == [helpers.averaging_window(best, 4, n) for n in (1, 2, 3, 4)]
+    exec(cell_containing("final_epochs = helpers.averaging_window"), space)  # noqa: S102
+    epochs = helpers.averaging_window(best, 4, 3)
+    assert space["final_epochs"] == epochs
+    expected = {k: sum(saved[e - 1][k] for e in epochs) / 3 for k in saved[0]}
+    kept = torch.load(tmp_path / "checkpoint" / "weights.pt", weights_only=True)
+    assert all(torch.allclose(kept[k], expected[k]) for k in expected)
+    assert not torch.allclose(kept["fc.weight"], saved[best - 1]["fc.weight"])  # not the best epoch alone
+    assert space["final_valid_loss"] == space["evaluate"](space["model"], space["valid_batches"],
+                                                          space["loss_fn"], "cpu")[0]
 
 
 def test_binary_metrics_on_a_case_worked_by_hand():
