@@ -115,6 +115,7 @@ PARAM_SPECS = {
     "n_epochs": ParamSpec(int, "an integer >= 1 (0 only with init_checkpoint)", lambda v: v >= 0),
     "patience": ParamSpec(int, "an integer >= 1", lambda v: v >= 1),
     "average_epochs": ParamSpec(int, "an integer >= 1 (1: the best epoch's weights alone)", _positive),
+    "n_models": ParamSpec(int, "an integer >= 1 (1: one model, no ensemble)", _positive),
     "batch_size": ParamSpec(int, "an integer >= 1", _positive),
     "max_length": ParamSpec(int, "an integer >= 1", _positive),
     "min_freq": ParamSpec(int, "an integer >= 1", _positive),
@@ -163,6 +164,13 @@ def validate_params(params):
     for name in ("imdb_archive", "init_checkpoint", "predict_file"):
         if checked[name] and not Path(checked[name]).exists():
             raise ValueError(f"parameter {name}={checked[name]!r} is not valid: no such file or folder")
+    if checked["init_checkpoint"] and checked["n_epochs"] > 0:
+        config_file = Path(checked["init_checkpoint"]) / "config.json"
+        n_models = json.loads(config_file.read_text()).get("n_models", 1) if config_file.exists() else 1
+        if n_models > 1:
+            raise ValueError(f"parameter init_checkpoint={checked['init_checkpoint']!r} holds an ensemble of "
+                             f"{n_models} models, which a run can use as it is (n_epochs=0) but not train on; "
+                             "train on from a single model's checkpoint")
     if checked["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("parameter device='cuda' is not valid: no CUDA device is available; use 'auto' or 'cpu'")
     return checked
@@ -1106,6 +1114,16 @@ def load_checkpoint(folder):
     vocab = vocab_from_tokens(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     return state, vocab, config
+
+
+def member_weights(state, index):
+    """The weights of member `index` of an ensemble's state_dict (whose names start "members.<index>.")."""
+    prefix = f"members.{index}."
+    member = {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)}
+    if not member:
+        members = sorted({int(name.split(".")[1]) for name in state if name.startswith("members.")})
+        raise ValueError(f"the checkpoint has no member {index}; its members: {members or 'none (not an ensemble)'}")
+    return member
 
 
 def load_weights(model, state):

@@ -403,7 +403,9 @@ def summarise(sweep_dir, runs, log=print):
                        valid_loss=metrics.get("valid_loss", metrics["best_valid_loss"]),
                        best_valid_acc=metrics["best_valid_acc"],
                        best_valid_loss=metrics["best_valid_loss"], test_accuracy=metrics["test_accuracy"],
-                       epochs=len(history["epoch"]),
+                       # every model's epochs (an ensemble trains several), so that seconds / epochs is per epoch
+                       epochs=sum(len(m.get("history", {}).get("epoch", [])) for m in metrics.get("members", []))
+                       or len(history["epoch"]), n_models=metrics.get("n_models", 1),
                        best_epoch=metrics["best_epoch"], seconds=round(metrics["training_seconds"]))
         else:
             error = sweep_dir / name / "error.txt"
@@ -411,7 +413,7 @@ def summarise(sweep_dir, runs, log=print):
         rows.append(row)
     rows.sort(key=lambda r: -(r.get("valid_acc") or -1))
     columns = ["run", *varied, "status", "valid_acc", "valid_loss", "best_valid_acc", "best_valid_loss",
-               "test_accuracy", "epochs",
+               "test_accuracy", "n_models", "epochs",
                "best_epoch", "seconds", "run_seconds"]
     with open(sweep_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")

@@ -1,11 +1,14 @@
 """Explanations (integrated gradients), calibration and error analysis helpers."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 import helpers
 from conftest import TinyModel
+from notebook_code import cell_defining, namespace
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean", "last"])
@@ -98,3 +101,19 @@ def test_a_table_rounds_floats_in_text_and_html():
     table = helpers.Table([("accuracy", 0.912712345), ("reviews", 25000)], ("", "value"))
     assert repr(table).splitlines() == ["          value", "accuracy  0.9127", "reviews   25,000"]
     assert "<td>0.9127</td>" in table._repr_html_()
+
+
+def test_an_ensembles_explanation_averages_its_members_and_stays_complete():
+    torch.manual_seed(2)
+    members = [TinyModel(vocab_size=30, dim=6) for _ in range(3)]
+    vocab = helpers.build_vocab([["a", "film", "i", "loved", "hated"]] * 2, min_freq=1, max_size=30)
+    space = namespace("Ensemble", time=time, vocab=vocab, max_length=50, device="cpu", ig_steps=128)
+    space["model"] = space["Ensemble"](members)
+    exec(cell_defining("explain_review"), space)  # noqa: S102 - the notebook's own function
+    tokens, contributions, logit, baseline_logit = space["explain_review"]("A film I loved")
+    ids = vocab.lookup_indices(tokens)
+    each = [helpers.integrated_gradients(member, ids, "cpu", 128)[0] for member in members]
+    assert np.allclose(contributions, np.mean(each, axis=0))
+    with torch.no_grad():
+        assert logit == pytest.approx(float(space["model"](torch.tensor([ids]), torch.tensor([len(ids)]))), abs=1e-5)
+    assert contributions.sum() == pytest.approx(logit - baseline_logit, abs=0.01 * max(1, abs(logit)))

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
 REVIEWS = REPO / "tests" / "fixtures" / "reviews.txt"
 KERNEL = "sentiment-lstm"
-TINY = dict(use_sample=True, n_epochs=2, embedding_dim=16, hidden_dim=16, max_vocab_size=3000, batch_size=16,
-            max_length=200, predict_file=str(REVIEWS))
+TINY = dict(use_sample=True, n_epochs=2, n_models=2, embedding_dim=16, hidden_dim=16, max_vocab_size=3000,
+            batch_size=16, max_length=200, predict_file=str(REVIEWS))
 
 
 def execute(tmp_path, name, **parameters):
@@ -63,6 +63,20 @@ def test_metrics_json_records_results_history_parameters_and_environment(sample_
     assert 100 < metrics["peak_memory"]["cpu_rss_mib"] < 100_000
 
 
+def test_an_ensemble_run_records_each_model_and_saves_them_as_one(sample_run):
+    run_dir, _ = sample_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_models"] == 2 and metrics["config"]["n_models"] == 2
+    assert [member["seed"] for member in metrics["members"]] == [42, 43]  # seed, seed + 1
+    first, second = metrics["members"]
+    assert first["history"] == metrics["history"] and first["best_epoch"] == metrics["best_epoch"]
+    assert second["history"]["train_loss"] != first["history"]["train_loss"]  # its own start and batch order
+    assert metrics["training_seconds"] == pytest.approx(first["seconds"] + second["seconds"])
+    state, _, config = helpers.load_checkpoint(run_dir / "checkpoint")
+    assert config["n_models"] == 2 and {name.split(".")[1] for name in state} == {"0", "1"}
+    assert not (run_dir / "members").exists() and not (run_dir / "epoch_weights").exists()
+
+
 def test_predict_file_writes_one_row_per_review_and_reports_blank_lines(sample_run):
     run_dir, notebook = sample_run
     rows = read_predictions(run_dir)
@@ -79,9 +93,14 @@ def test_metrics_json_keeps_the_seconds_of_every_epoch(sample_run):
 
 def test_the_batch_outputs_hold_one_line_per_epoch_and_no_progress_bar_fragments(sample_run):
     _, notebook = sample_run
-    training = next(c for c in notebook["cells"] if "with helpers.StopOnInterrupt()" in "".join(c["source"]))
-    text = "".join("".join(o.get("text", "")) for o in training["outputs"])
-    assert [line.split(":")[0] for line in text.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+    def printed(code):
+        cell = next(c for c in notebook["cells"] if code in "".join(c["source"]))
+        text = "".join("".join(o.get("text", "")) for o in cell["outputs"])
+        return [line.split(":")[0] for line in text.splitlines()]
+
+    assert printed("history, stopper, interrupted = fit(") == ["epoch 1/2", "epoch 2/2"]
+    assert printed("member, record, interrupted = train_member(") == ["model 2 of 2 (seed 43)", "epoch 1/2",
+                                                                      "epoch 2/2"]
     assert all(o.get("name") != "stderr" for c in notebook["cells"] for o in c.get("outputs", []))
 
 
@@ -153,14 +172,21 @@ def test_every_figure_the_readme_and_notebook_link_to_exists():
     assert re.findall(r"figures/\S+\.png", (REPO / "README.md").read_text(encoding="utf-8"))
 
 
-def test_a_later_run_can_train_on_from_a_saved_checkpoint(sample_run, tmp_path):
-    first_dir, _ = sample_run
+def test_a_later_run_can_train_on_from_a_single_models_checkpoint(tmp_path):
+    first_dir, _ = execute(tmp_path, "single", n_models=1)
     on_dir, _ = execute(tmp_path, "train_on", init_checkpoint=str(first_dir / "checkpoint"), n_epochs=1)
     first, on = (json.loads((d / "metrics.json").read_text()) for d in (first_dir, on_dir))
+    assert first["n_models"] == on["n_models"] == 1  # the checkpoint's one model wins over TINY's n_models=2
     assert on["history"]["epoch"] == [1]
     # It starts from the trained weights, so its first epoch beats the first run's first epoch.
     assert on["history"]["train_loss"][0] < first["history"]["train_loss"][0]
     assert (on_dir / "checkpoint" / "weights.pt").exists()
+
+
+def test_training_on_from_an_ensembles_checkpoint_is_refused_before_any_data_is_read(sample_run, tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="holds an ensemble of 2 models"):
+        execute(tmp_path, "refused", init_checkpoint=str(sample_run[0] / "checkpoint"), n_epochs=1)
+    assert not (tmp_path / "refused").exists()
 
 
 def run_committed_notebook(cwd, use_sample=True):

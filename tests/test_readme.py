@@ -50,12 +50,15 @@ def test_the_results_table_is_the_committed_runs_metrics():
         "test accuracy (25,000 reviews)": f"**{m['test_accuracy']:.4f}**",
         "test loss (binary cross-entropy)": f"{m['test_loss']:.4f}",
         "precision / recall / F1": f"{m['test_precision']:.4f} / {m['test_recall']:.4f} / {m['test_f1']:.4f}",
-        "best epoch (by validation loss)": f"{m['best_epoch']} of {len(m['history']['epoch'])} run",
+        "models (their seeds)": f"{m['n_models']} ({', '.join(str(member['seed']) for member in m['members'])})",
+        "best epoch (by validation loss)":
+            " / ".join(f"{member['best_epoch']} of {len(member['history']['epoch'])} run" for member in m["members"]),
         "validation accuracy at the best epoch": f"{m['best_valid_acc']:.4f}",
-        "epochs averaged into the final model": " and ".join(map(str, m["averaged_epochs"])),
+        "epochs averaged into the final model":
+            " / ".join(" and ".join(map(str, member["averaged_epochs"])) for member in m["members"]),
         "validation accuracy of the final model": f"{m['valid_acc']:.4f}",
         "word-vector pretraining": f"{m['pretraining_seconds']:.0f} s",
-        "training time": f"{m['training_seconds'] / 60:.1f} min",
+        "training time (all models)": f"{m['training_seconds'] / 60:.1f} min",
         "expected calibration error, before / after temperature scaling":
             f"{ece} (T = {calibration['temperature']:.2f})",
         "peak memory (resident, the notebook's kernel)": f"{m['peak_memory']['cpu_rss_mib'] / 1024:.1f} GiB",
@@ -168,3 +171,20 @@ def test_the_notebooks_exercise_answers_match_the_seeded_summary():
             diff, se = float(want["valid_acc_vs_reference"]), float(want["vs_reference_se"])
             assert row[2] == f"{100 * diff:+.1f} ± {100 * se:.1f} pt".replace("-", "−")
         assert row[5] == f"{float(want['run_seconds_mean']) / 60:.1f} min"
+
+
+def test_the_ensemble_table_matches_its_runs():
+    """Per seed: the default (one model) and the ensemble of three, as recorded in figures/ensemble_seeds.csv."""
+    rows = table_rows(section("### The ensemble: three models, one vote"))
+    expected = csv_rows("ensemble_seeds.csv", "seed")
+    by_seed = {row[0]: row for row in rows if row[0].isdigit()}
+    assert sorted(by_seed) == sorted(expected)
+    for seed, row in by_seed.items():
+        want = expected[seed]
+        assert row[1:] == [f"{float(want['single_valid_acc']):.4f}", f"{float(want['single_valid_loss']):.4f}",
+                           f"{float(want['single_test_acc']):.4f}", want["members_valid_acc"],
+                           f"{float(want['ensemble_valid_acc']):.4f}", f"{float(want['ensemble_valid_loss']):.4f}",
+                           f"{float(want['ensemble_test_acc']):.4f}"], seed
+    committed = expected[str(METRICS["params"]["seed"])]  # the committed run is the default of one seed
+    assert float(committed["single_test_acc"]) == METRICS["test_accuracy"]
+    assert float(committed["single_valid_acc"]) == METRICS["valid_acc"]

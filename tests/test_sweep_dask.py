@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO / "sweeps"))
 import sweep  # noqa: E402
 
 DASK = Path(sys.executable).with_name("dask")
-TINY = {"use_sample": True, "n_epochs": 1, "embedding_dim": 8, "hidden_dim": 8, "max_vocab_size": 2000,
-        "max_length": 200, "ig_steps": 8}
+TINY = {"use_sample": True, "n_models": 1, "n_epochs": 1, "embedding_dim": 8, "hidden_dim": 8,
+        "max_vocab_size": 2000, "max_length": 200, "ig_steps": 8}
 
 
 def free_port():

@@ -108,12 +108,12 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epochs_weights(t
 def _run_training_cell(tmp_path, train_batches, n_epochs, patience):
     """Execute the notebook's training-loop cell on the toy task; returns its namespace."""
     model = TinyModel(vocab_size=20)
-    space = namespace("train_epoch", "evaluate", model=model, train_batches=train_batches,
+    space = namespace("train_epoch", "evaluate", "fit", model=model, train_batches=train_batches,
                       valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
                       n_epochs=n_epochs, patience=patience, vocab=None, model_config={}, max_length=20,
                       clip_norm=1.0, device="cpu", time=time, loss_fn=torch.nn.BCEWithLogitsLoss(),
                       optimizer=torch.optim.Adam(model.parameters(), lr=0.02))
-    exec(cell_containing("with helpers.StopOnInterrupt() as interruption:"), space)  # noqa: S102
+    exec(cell_containing("history, stopper, interrupted = fit(model"), space)  # noqa: S102
     return space
 
 
@@ -123,9 +123,9 @@ def test_an_interrupt_before_the_first_epoch_ends_stops_the_notebook_with_a_clea
             raise KeyboardInterrupt  # the user presses stop in the first epoch
 
     space = _run_training_cell(tmp_path, InterruptedBatches(*_toy_data(), 8), n_epochs=3, patience=2)
-    assert space["interruption"].interrupted and space["history"]["epoch"] == []
+    assert space["interrupted"] and space["history"]["epoch"] == []
     with pytest.raises(RuntimeError, match="interrupted before its first epoch ended, so no model was saved"):
-        exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102
+        exec(cell_containing("elif stopper.best_epoch == 0"), space)  # noqa: S102
 
 
 def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
@@ -136,9 +136,9 @@ def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
             yield from super().__iter__()
 
     space = _run_training_cell(tmp_path, InterruptedBatches(*_toy_data(), 8, shuffle=True), n_epochs=5, patience=5)
-    assert space["interruption"].interrupted and space["history"]["epoch"] == [1, 2]
+    assert space["interrupted"] and space["history"]["epoch"] == [1, 2]
     assert len(space["history"]["seconds"]) == 2  # one entry per epoch, not a total
-    exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102 - goes on with the best checkpoint
+    exec(cell_containing("elif stopper.best_epoch == 0"), space)  # noqa: S102 - goes on with the best checkpoint
     assert (tmp_path / "checkpoint" / "weights.pt").exists()
 
 
@@ -166,7 +166,7 @@ def test_the_final_model_averages_the_weights_of_the_epochs_around_the_best(tmp_
     assert not torch.equal(saved[0]["fc.weight"], saved[3]["fc.weight"])  # training moved the weights
     best = space["stopper"].best_epoch
     exec(cell_defining("averaged_weights"), space)  # noqa: S102
-    exec(cell_containing("stopper.best_epoch == 0"), space)  # noqa: S102
+    exec(cell_containing("elif stopper.best_epoch == 0"), space)  # noqa: S102
     space.update(average_epochs=3, shutil=shutil, display=lambda table: None)
     exec(cell_containing("averaging = []"), space)  # noqa: S102 - the table of windows
     assert [row["epochs"] for row in space["averaging"]] == [helpers.averaging_window(best, 4, n) for n in (1, 2, 3, 4)]
@@ -224,3 +224,15 @@ def test_predict_review_of_only_unknown_words_says_it_is_a_default_guess(predict
     label, probability = predict_review("zorblax quonk")
     assert label in helpers.LABEL_NAMES and 0 < probability < 1
     assert "no word of this review is in the vocabulary" in capsys.readouterr().out
+
+
+def test_an_ensembles_logit_is_the_mean_of_its_members_logits():
+    space = namespace("Ensemble")
+    torch.manual_seed(0)
+    members = [TinyModel(vocab_size=20) for _ in range(3)]
+    tokens, lengths = torch.randint(2, 20, (5, 7)), torch.full((5,), 7)
+    ensemble = space["Ensemble"](members).eval()
+    expected = torch.stack([member.eval()(tokens, lengths) for member in members]).mean(dim=0)
+    assert torch.allclose(ensemble(tokens, lengths), expected)
+    assert not torch.allclose(members[0](tokens, lengths), expected)  # the members do differ
+    assert len(list(ensemble.parameters())) == 3 * len(list(members[0].parameters()))  # trained, saved, loaded as one
