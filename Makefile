@@ -35,7 +35,15 @@ install: $(VENV)/.installed
 
 # Rebuilt whenever requirements.lock changes. The kernel is registered inside .venv, and every
 # papermill and nbval call below names it, so the notebook's own kernel name does not matter.
+# On Linux x86-64, PyPI's torch 2.3.1 is the CUDA build and brings NVIDIA's libraries with it, used
+# or not: a new .venv takes 5.7 GB, and pip first downloads 3.0 GB of wheels (measured). A full disk
+# would otherwise show up halfway through as pip's "No space left on device".
+INSTALL_NEEDS_GB := 9
+
 $(VENV)/.installed: requirements.lock
+	@test -x $(BIN)/python || { free_kb=$$(df -Pk . | awk 'NR == 2 {print $$4}'); \
+		test "$$free_kb" -ge $$(( $(INSTALL_NEEDS_GB) * 1000 * 1000 )) 2>/dev/null || \
+		echo "warning: $$(( free_kb / 1000 / 1000 )) GB free here; a new .venv needs about $(INSTALL_NEEDS_GB) GB while it installs (5.7 GB once installed, 3.0 GB of downloads), so pip may stop with 'No space left on device'"; }
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "error: torch 2.3.1 and torchtext 0.18.0 need Python 3.10, 3.11 or 3.12, and none was found (3.13 and newer have no build); install one and run again, or point PYTHON= at it: make $(MAKECMDGOALS) PYTHON=/path/to/python3.12"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: $(PYTHON) could not make a venv: is it a working Python 3.10, 3.11 or 3.12? (On Debian, venv needs: apt install python3-venv.) Set PYTHON=... to another one"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip

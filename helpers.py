@@ -132,6 +132,8 @@ PARAM_SPECS = {
     "dropout": ParamSpec(float, "a float with 0 <= value < 1", lambda v: 0 <= v < 1),
     "lr": ParamSpec(float, "a float > 0", _positive),
     "clip_norm": ParamSpec(float, "a float > 0", _positive),
+    "adversarial_epsilon": ParamSpec(float, "a finite float >= 0 (0: no adversarial training)",
+                                     lambda v: math.isfinite(v) and v >= 0),
     "seed": ParamSpec(int, "an integer >= 0", lambda v: v >= 0),
     "device": ParamSpec(str, "'auto', 'cpu' or 'cuda'", lambda v: v in ("auto", "cpu", "cuda")),
     "ig_steps": ParamSpec(int, "an integer >= 1", _positive),

@@ -88,8 +88,10 @@ def test_every_sweep_table_matches_its_summary(heading, summary, columns):
 
 def test_the_seeded_ablation_table_matches_its_summary():
     """Best-epoch validation accuracy (mean ± sd over seeds), and its difference from the default ± standard error."""
-    rows, expected = table_rows(section("## What each choice is worth: the ablation")), csv_rows(
-        "sweep_ablation_seeds_by_config.csv", "config")
+    rows = table_rows(section("## What each choice is worth: the ablation"))
+    # The seeded ablation's own configurations, and those of later sweeps with the same seeds.
+    expected = csv_rows("sweep_ablation_seeds_by_config.csv", "config") | csv_rows(
+        "sweep_adversarial_seeds_by_config.csv", "config")
     assert sorted(row[0] for row in rows) == sorted(expected)
     reference = expected["default"]
     for row in rows:
@@ -188,3 +190,19 @@ def test_the_ensemble_table_matches_its_runs():
     committed = expected[str(METRICS["params"]["seed"])]  # the committed run is the default of one seed
     assert float(committed["single_test_acc"]) == METRICS["test_accuracy"]
     assert float(committed["single_valid_acc"]) == METRICS["valid_acc"]
+
+
+def test_the_adversarial_table_matches_its_runs():
+    """Per seed: the default and adversarial training, as recorded in figures/adversarial_seeds.csv."""
+    rows = table_rows(section("### Adversarial training: the worst push on the word vectors"))
+    expected = csv_rows("adversarial_seeds.csv", "seed")
+    assert sorted(row[0] for row in rows) == sorted(expected)
+    for row in rows:
+        want = expected[row[0]]
+        assert row[1:] == [f"{float(want[key]):.4f}" for key in (
+            "default_best_valid_acc", "default_valid_acc", "default_test_acc", "adversarial_best_valid_acc",
+            "adversarial_valid_acc", "adversarial_valid_loss", "adversarial_test_acc")], row[0]
+        assert want["adversarial_best_epoch"] == "3" and want["adversarial_averaged_epochs"] == "2 3"
+    committed = expected[str(METRICS["params"]["seed"])]  # the committed run is the default of one seed
+    assert float(committed["default_test_acc"]) == METRICS["test_accuracy"]
+    assert float(committed["default_valid_acc"]) == METRICS["valid_acc"]

@@ -15,7 +15,8 @@ DEFAULTS = dict(
     n_models=1,
     batch_size=8, max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, pretrain_embeddings=True,
     word_vector_window=5, ppmi_context_power=0.75, hidden_dim=8, n_layers=1, bidirectional=True, pooling="max",
-    embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0, device="cpu", ig_steps=8, shaded_tokens=10,
+    embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, adversarial_epsilon=0.0, seed=0, device="cpu",
+    ig_steps=8, shaded_tokens=10,
     run_dir="", init_checkpoint="", predict_file="",
 )
 
@@ -48,6 +49,7 @@ BAD_VALUES = [
     ("dropout", 1.0, "dropout=1.0 is not valid: expected a float with 0 <= value < 1"),
     ("lr", -0.1, "lr=-0.1 is not valid"),
     ("clip_norm", 0.0, "clip_norm=0.0 is not valid"),
+    ("adversarial_epsilon", -1.0, "adversarial_epsilon=-1.0 is not valid: expected a finite float >= 0"),
     ("seed", -1, "seed=-1 is not valid"),
     ("device", "tpu", "device='tpu' is not valid: expected 'auto', 'cpu' or 'cuda'"),
     ("ig_steps", 0, "ig_steps=0 is not valid"),

@@ -111,7 +111,8 @@ def _run_training_cell(tmp_path, train_batches, n_epochs, patience):
     space = namespace("train_epoch", "evaluate", "fit", model=model, train_batches=train_batches,
                       valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
                       n_epochs=n_epochs, patience=patience, vocab=None, model_config={}, max_length=20,
-                      clip_norm=1.0, device="cpu", time=time, loss_fn=torch.nn.BCEWithLogitsLoss(),
+                      clip_norm=1.0, adversarial_epsilon=0.0, device="cpu", time=time,
+                      loss_fn=torch.nn.BCEWithLogitsLoss(),
                       optimizer=torch.optim.Adam(model.parameters(), lr=0.02))
     exec(cell_containing("history, stopper, interrupted = fit(model"), space)  # noqa: S102
     return space
@@ -236,3 +237,100 @@ def test_an_ensembles_logit_is_the_mean_of_its_members_logits():
     assert torch.allclose(ensemble(tokens, lengths), expected)
     assert not torch.allclose(members[0](tokens, lengths), expected)  # the members do differ
     assert len(list(ensemble.parameters())) == 3 * len(list(members[0].parameters()))  # trained, saved, loaded as one
+
+
+def _adversarial_batch():
+    tokens, lengths = helpers.pad_batch([[5, 9, 13, 2, 7], [3, 8, 21], [30, 31, 4, 6]])
+    return tokens, lengths, torch.tensor([1.0, 0.0, 1.0])
+
+
+def _reference_adversarial_gradients(model, tokens, lengths, labels, epsilon):
+    """The adversarial step computed another way (torch.autograd.grad for the push): the weights' gradients."""
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.zero_grad()
+    words = model.embedding(tokens)
+    keep = model.embedding_dropout(torch.ones_like(words))
+    embedded = words * keep
+    plain_loss = loss_fn(model.read(embedded, lengths), labels)
+    (gradient,) = torch.autograd.grad(plain_loss, embedded, retain_graph=True)
+    scale = torch.cat([words[i, :n] for i, n in enumerate(lengths.tolist())]).std().detach()
+    push = torch.stack([epsilon * scale * g / g.norm() for g in gradient])
+    pushed_loss = loss_fn(model.read(model.embedding(tokens) * keep + push, lengths), labels)
+    ((plain_loss + pushed_loss) / 2).backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_the_adversarial_step_is_the_mean_of_the_plain_loss_and_the_loss_pushed_up_its_gradient(dropout):
+    space = namespace("SentimentLSTM", "adversarial_backward")
+    model = sentiment_lstm(embedding_dropout=dropout, dropout=dropout).train()
+    tokens, lengths, labels = _adversarial_batch()
+    torch.manual_seed(5)  # the same dropout masks, drawn in the same order, for both computations
+    logits, loss = space["adversarial_backward"](model, tokens, lengths, labels, torch.nn.BCEWithLogitsLoss(), 2.0)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    torch.manual_seed(5)
+    expected = _reference_adversarial_gradients(model, tokens, lengths, labels, 2.0)
+    for name in grads:
+        assert torch.allclose(grads[name], expected[name], atol=1e-6), name
+    if dropout == 0:
+        assert torch.equal(logits, model(tokens, lengths)) and loss.item() == pytest.approx(
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item())
+
+
+def test_the_push_raises_the_loss_more_than_a_random_push_and_a_push_of_zero_is_the_plain_step():
+    space = namespace("SentimentLSTM", "adversarial_backward")
+    model = sentiment_lstm()
+    tokens, lengths, labels = _adversarial_batch()
+    losses = []
+
+    def recording_loss(logits, targets):
+        losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
+        return losses[-1]
+
+    space["adversarial_backward"](model, tokens, lengths, labels, recording_loss, 0.5)
+    plain, pushed = (loss.item() for loss in losses)
+    torch.manual_seed(0)
+    words = model.embedding(tokens).detach()
+    noise = torch.randn_like(words) * (tokens != 0)[..., None]  # no push on padding, as the gradient gives
+    scale = 0.5 * torch.cat([words[i, :n] for i, n in enumerate(lengths.tolist())]).std()
+    random_push = scale * noise / noise.flatten(1).norm(dim=1)[:, None, None]  # the same length per review
+    randomly_pushed = torch.nn.functional.binary_cross_entropy_with_logits(model.read(words + random_push, lengths),
+                                                                            labels).item()
+    assert pushed > plain and pushed - plain > abs(randomly_pushed - plain)  # the worst way, not just any way
+    model.zero_grad()
+    space["adversarial_backward"](model, tokens, lengths, labels, torch.nn.BCEWithLogitsLoss(), 0.0)
+    at_zero = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    torch.nn.BCEWithLogitsLoss()(model(tokens, lengths), labels).backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(at_zero[name], p.grad, atol=1e-6), name
+
+
+def test_adversarial_training_learns_the_toy_task_and_makes_the_model_harder_to_push():
+    space = namespace("SentimentLSTM", "train_epoch", "evaluate", "adversarial_backward")
+    valid_sequences, valid_labels = _toy_data(32, seed=1)
+    tokens, lengths = helpers.pad_batch(valid_sequences)
+    labels = torch.tensor(valid_labels, dtype=torch.float)
+    pushed_losses, accuracies = {}, {}
+    for epsilon in (0.0, 3.0):
+        helpers.set_seed(0)
+        model = space["SentimentLSTM"](vocab_size=20, embedding_dim=6, hidden_dim=8, n_layers=1, bidirectional=True,
+                                       embedding_dropout=0.0, dropout=0.0, pooling="max", pad_index=0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=0)
+        for _ in range(6):
+            space["train_epoch"](model, train, optimizer, loss_fn, 1.0, "cpu", epsilon)
+        valid = helpers.BucketBatches(valid_sequences, valid_labels, 16)
+        accuracies[epsilon] = space["evaluate"](model, valid, loss_fn, "cpu")[1]
+        model.eval()
+        losses = []
+
+        def recording_loss(logits, targets, losses=losses):
+            losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
+            return losses[-1]
+
+        space["adversarial_backward"](model, tokens, lengths, labels, recording_loss, 3.0)
+        pushed_losses[epsilon] = losses[1].item()  # the validation reviews, each pushed the worst way
+    assert accuracies[3.0] > 0.9
+    assert pushed_losses[3.0] < pushed_losses[0.0]
