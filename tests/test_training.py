@@ -244,6 +244,23 @@ def _adversarial_batch():
     return tokens, lengths, torch.tensor([1.0, 0.0, 1.0])
 
 
+def _spread(words, lengths):
+    """The standard deviation of a batch's word vectors, padding left out: the push's unit."""
+    return torch.cat([words[i, :n] for i, n in enumerate(lengths.tolist())]).std().detach()
+
+
+def _plain_and_pushed_losses(adversarial_backward, model, tokens, lengths, labels, epsilon):
+    """The two losses adversarial_backward computes: the plain reviews' and the pushed reviews'."""
+    losses = []
+
+    def recording_loss(logits, targets):
+        losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
+        return losses[-1]
+
+    adversarial_backward(model, tokens, lengths, labels, recording_loss, epsilon)
+    return [loss.item() for loss in losses]
+
+
 def _reference_adversarial_gradients(model, tokens, lengths, labels, epsilon):
     """The adversarial step computed another way (torch.autograd.grad for the push): the weights' gradients."""
     loss_fn = torch.nn.BCEWithLogitsLoss()
@@ -253,8 +270,7 @@ def _reference_adversarial_gradients(model, tokens, lengths, labels, epsilon):
     embedded = words * keep
     plain_loss = loss_fn(model.read(embedded, lengths), labels)
     (gradient,) = torch.autograd.grad(plain_loss, embedded, retain_graph=True)
-    scale = torch.cat([words[i, :n] for i, n in enumerate(lengths.tolist())]).std().detach()
-    push = torch.stack([epsilon * scale * g / g.norm() for g in gradient])
+    push = torch.stack([epsilon * _spread(words, lengths) * g / g.norm() for g in gradient])
     pushed_loss = loss_fn(model.read(model.embedding(tokens) * keep + push, lengths), labels)
     ((plain_loss + pushed_loss) / 2).backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -281,19 +297,11 @@ def test_the_push_raises_the_loss_more_than_a_random_push_and_a_push_of_zero_is_
     space = namespace("SentimentLSTM", "adversarial_backward")
     model = sentiment_lstm()
     tokens, lengths, labels = _adversarial_batch()
-    losses = []
-
-    def recording_loss(logits, targets):
-        losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
-        return losses[-1]
-
-    space["adversarial_backward"](model, tokens, lengths, labels, recording_loss, 0.5)
-    plain, pushed = (loss.item() for loss in losses)
+    plain, pushed = _plain_and_pushed_losses(space["adversarial_backward"], model, tokens, lengths, labels, 0.5)
     torch.manual_seed(0)
     words = model.embedding(tokens).detach()
     noise = torch.randn_like(words) * (tokens != 0)[..., None]  # no push on padding, as the gradient gives
-    scale = 0.5 * torch.cat([words[i, :n] for i, n in enumerate(lengths.tolist())]).std()
-    random_push = scale * noise / noise.flatten(1).norm(dim=1)[:, None, None]  # the same length per review
+    random_push = 0.5 * _spread(words, lengths) * noise / noise.flatten(1).norm(dim=1)[:, None, None]  # same length
     randomly_pushed = torch.nn.functional.binary_cross_entropy_with_logits(model.read(words + random_push, lengths),
                                                                             labels).item()
     assert pushed > plain and pushed - plain > abs(randomly_pushed - plain)  # the worst way, not just any way
@@ -307,15 +315,13 @@ def test_the_push_raises_the_loss_more_than_a_random_push_and_a_push_of_zero_is_
 
 
 def test_adversarial_training_learns_the_toy_task_and_makes_the_model_harder_to_push():
-    space = namespace("SentimentLSTM", "train_epoch", "evaluate", "adversarial_backward")
+    space = namespace("train_epoch", "evaluate", "adversarial_backward")
     valid_sequences, valid_labels = _toy_data(32, seed=1)
     tokens, lengths = helpers.pad_batch(valid_sequences)
     labels = torch.tensor(valid_labels, dtype=torch.float)
     pushed_losses, accuracies = {}, {}
     for epsilon in (0.0, 3.0):
-        helpers.set_seed(0)
-        model = space["SentimentLSTM"](vocab_size=20, embedding_dim=6, hidden_dim=8, n_layers=1, bidirectional=True,
-                                       embedding_dropout=0.0, dropout=0.0, pooling="max", pad_index=0)
+        model = sentiment_lstm(vocab_size=20, hidden_dim=8)
         optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=0)
@@ -324,13 +330,7 @@ def test_adversarial_training_learns_the_toy_task_and_makes_the_model_harder_to_
         valid = helpers.BucketBatches(valid_sequences, valid_labels, 16)
         accuracies[epsilon] = space["evaluate"](model, valid, loss_fn, "cpu")[1]
         model.eval()
-        losses = []
-
-        def recording_loss(logits, targets, losses=losses):
-            losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
-            return losses[-1]
-
-        space["adversarial_backward"](model, tokens, lengths, labels, recording_loss, 3.0)
-        pushed_losses[epsilon] = losses[1].item()  # the validation reviews, each pushed the worst way
+        _, pushed_losses[epsilon] = _plain_and_pushed_losses(space["adversarial_backward"], model, tokens, lengths,
+                                                             labels, 3.0)  # validation reviews pushed the worst way
     assert accuracies[3.0] > 0.9
     assert pushed_losses[3.0] < pushed_losses[0.0]
