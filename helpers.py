@@ -5,7 +5,10 @@ the vocabulary, batching, word-vector counting, checkpoints, early-stopping book
 progress display, metrics and plots. The notebook imports this module and holds the lesson:
 the LSTM, the training step and the evaluation pass are written out there.
 
-Every use of torchtext is in this file, so that replacing torchtext touches nothing else.
+Every use of torchtext is in this file, so that replacing torchtext touches nothing else. Where
+torchtext cannot be used (not installed, or installed with a torch it cannot load: it needs torch
+2.3), or where SENTIMENT_NO_TORCHTEXT=1 is set, this file uses its own tokenizer and vocabulary,
+which give the same tokens, the same vocabulary and the same ids (tests/test_stacks.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import types
 import urllib.error
 import urllib.request
 import warnings
@@ -37,14 +41,26 @@ from importlib import metadata
 from pathlib import Path
 
 STACK_FIX = 'pip install torch==2.3.1 torchtext==0.18.0 "numpy<2"'
+# torch alone, the CPU-only build (no CUDA libraries); torchtext is not needed (see check_stack)
+TORCH_FIX = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
 
-def check_stack(versions=None):
-    """Raise ImportError, naming both versions and the fix, unless torch 2.3.x and torchtext 0.18.x are installed.
+def _older(version, than):
+    """Whether a version string such as '2.3.1+cpu' is older than the (major, minor) pair `than`."""
+    numbers = re.match(r"(\d+)\.(\d+)", version or "")
+    return numbers is not None and (int(numbers[1]), int(numbers[2])) < than
 
-    torchtext 0.18.0, its last release, is compiled against torch 2.3; with a newer torch (the
-    usual case on hosted notebooks) `import torchtext` dies with an undefined-symbol error that
-    says nothing useful. So we compare the installed versions first, before importing it.
+
+def check_stack(versions=None, no_torchtext=None):
+    """Whether to use torchtext (True) or this file's own tokenizer and vocabulary (False).
+
+    Raise ImportError, naming what is missing and the fix, only for what cannot work: no torch,
+    or a torch older than 2.3. torchtext 0.18.0, its last release, is compiled against torch 2.3;
+    with another torch (the usual case on hosted notebooks) `import torchtext` dies with an
+    undefined-symbol error that says nothing useful. So the installed versions are compared
+    before it is imported, and torchtext is used only with torch 2.3.x; otherwise (torchtext
+    missing, another torchtext or torch, or SENTIMENT_NO_TORCHTEXT=1 in the environment) the
+    built-in tokenizer and vocabulary are used, which give the same tokens and ids.
     """
     if versions is None:
         versions = {}
@@ -53,27 +69,46 @@ def check_stack(versions=None):
                 versions[name] = metadata.version(name)
             except metadata.PackageNotFoundError:
                 versions[name] = None
+    if no_torchtext is None:
+        no_torchtext = os.environ.get("SENTIMENT_NO_TORCHTEXT", "") not in ("", "0")
     torch_version, torchtext_version = versions["torch"], versions["torchtext"]
-    if (torch_version or "").startswith("2.3.") and (torchtext_version or "").startswith("0.18."):
-        return
-    found = f"torch {torch_version or '(not installed)'} and torchtext {torchtext_version or '(not installed)'}"
-    raise ImportError(f"this notebook needs torch 2.3.x with torchtext 0.18 (torchtext's last release loads only "
-                      f"with torch 2.3), but this Python has {found}. Fix: {STACK_FIX} (on Python 3.10 to 3.12), "
-                      "then restart the kernel; or run `make install` in the repository and use its kernel.")
+    if torch_version is None or _older(torch_version, (2, 3)):
+        found = f"torch {torch_version}" if torch_version else "no torch"
+        raise ImportError(f"this notebook needs torch 2.3 or newer, but this Python has {found}. Fix: {TORCH_FIX} "
+                          f"(or {STACK_FIX}, on Python 3.10 to 3.12), then restart the kernel; or run `make install` "
+                          "in the repository and use its kernel.")
+    if no_torchtext or torchtext_version is None:
+        return False
+    if torch_version.startswith("2.3.") and torchtext_version.startswith("0.18."):
+        return True
+    warnings.warn(f"torchtext {torchtext_version} is installed, but it loads only with torch 2.3 and this Python has "
+                  f"torch {torch_version}: it is not imported, and helpers.py uses its own tokenizer and vocabulary "
+                  f"instead (the same tokens and ids). For torchtext itself: {STACK_FIX}.", stacklevel=2)
+    return False
 
 
-check_stack()
+USE_TORCHTEXT = check_stack()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torchtext  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-# torchtext warns at every import that 0.18 is its last release; the README says so once.
-torchtext.disable_torchtext_deprecation_warning()
-from torchtext.data.utils import get_tokenizer  # noqa: E402
-from torchtext.vocab import build_vocab_from_iterator  # noqa: E402
-from torchtext.vocab import vocab as vocab_from_ordered_dict  # noqa: E402
+if USE_TORCHTEXT:
+    try:
+        import torchtext
+    except (ImportError, OSError) as error:  # the versions matched, but the library did not load
+        warnings.warn(f"torchtext did not load ({error}); helpers.py uses its own tokenizer and vocabulary "
+                      "instead (the same tokens and ids)", stacklevel=1)
+        USE_TORCHTEXT = False
+if USE_TORCHTEXT:
+    # torchtext warns at every import that 0.18 is its last release; the README says so once.
+    torchtext.disable_torchtext_deprecation_warning()
+    from torchtext.data.utils import get_tokenizer
+    from torchtext.vocab import build_vocab_from_iterator
+    from torchtext.vocab import vocab as vocab_from_ordered_dict
+else:
+    # environment_info records torchtext.__version__: None there says the built-in path ran.
+    torchtext = types.SimpleNamespace(__version__=None)
 
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = REPO_DIR / "data"
@@ -121,6 +156,10 @@ PARAM_SPECS = {
     "min_freq": ParamSpec(int, "an integer >= 1", _positive),
     "max_vocab_size": ParamSpec(int, "an integer >= 3", lambda v: v >= 3),
     "embedding_dim": ParamSpec(int, "an integer >= 1", _positive),
+    "ngram_max_n": ParamSpec(int, "1, 2 or 3", lambda v: 1 <= v <= 3),
+    "ngram_c_values": ParamSpec(list, "a non-empty list of numbers > 0",
+                                lambda v: len(v) > 0 and all(isinstance(c, int | float) and not isinstance(c, bool)
+                                                             and math.isfinite(c) and c > 0 for c in v)),
     "pretrain_embeddings": ParamSpec(bool, "True or False"),
     "word_vector_window": ParamSpec(int, "an integer >= 1", _positive),
     "ppmi_context_power": ParamSpec(float, "a float with 0 < value <= 1", lambda v: 0 < v <= 1),
@@ -194,6 +233,20 @@ PAPERMILL_HEADER = "# Parameters\n"
 PARAMETERS_MARKER = "# Settings of a run:"  # the first line of the notebook's parameters cell
 
 
+def assigned_values(source):
+    """{name: value} for each plain assignment in a cell's source; a value that is not a literal as its text."""
+    values = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    try:
+                        values[target.id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        values[target.id] = ast.unparse(node.value)
+    return values
+
+
 def injected_parameters(history, parameters_marker=PARAMETERS_MARKER):
     """The parameters papermill injected in this run, {name: value}, read from the kernel's input history.
 
@@ -204,16 +257,7 @@ def injected_parameters(history, parameters_marker=PARAMETERS_MARKER):
     """
     for source in reversed(history[-10:]):
         if source.startswith(PAPERMILL_HEADER):
-            values = {}
-            for node in ast.parse(source).body:
-                if isinstance(node, ast.Assign):
-                    for target in node.targets:
-                        if isinstance(target, ast.Name):
-                            try:
-                                values[target.id] = ast.literal_eval(node.value)
-                            except ValueError:
-                                values[target.id] = ast.unparse(node.value)
-            return values
+            return assigned_values(source)
         if parameters_marker in source:
             return {}
     return {}
@@ -500,15 +544,22 @@ def publish_notebook(executed, destination):
     defaults, and so is the run's record of paths in the notebook's metadata; images are stored
     in fewer bytes, with the same pixels (compact_png). Refused, with
     nothing written: a run given any parameter other than where to read and write (it would not
-    be a default run), a run that failed or was not run to the end, and outputs that name a path
-    of this machine (the repository folder, the home folder, or the archive or run folder given).
+    be a default run; one given a default's own value is), a run that failed or was not run to
+    the end, and outputs that name a path of this machine (the repository folder, the home
+    folder, or the archive or run folder given).
     """
     notebook = json.loads(Path(executed).read_text(encoding="utf-8"))
     injected_cells = [c for c in notebook["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
     injected = {}
     for cell in injected_cells:
         injected.update(injected_parameters(["".join(cell["source"])]))
-    not_default = sorted(set(injected) - set(LOCATION_PARAMETERS))
+    defaults = {}
+    for cell in notebook["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            defaults.update(assigned_values("".join(cell["source"])))
+    # a parameter given its default value (`-p seed 42`) leaves the run a default one
+    not_default = sorted(name for name, value in injected.items()
+                         if name not in LOCATION_PARAMETERS and (name not in defaults or defaults[name] != value))
     if not_default:
         raise ValueError(f"{executed} was run with {', '.join(not_default)} set; publish only a default run")
     notebook["cells"] = [c for c in notebook["cells"] if c not in injected_cells]
@@ -575,7 +626,22 @@ def clean_text(text):
     return html.unescape(text)
 
 
-_basic_english = get_tokenizer("basic_english")
+# torchtext 0.18's basic_english tokenizer (torchtext/data/utils.py, _basic_english_normalize):
+# lower(), these substitutions in this order, then split() on whitespace.
+_BASIC_ENGLISH_RULES = [(re.compile(pattern), replacement) for pattern, replacement in (
+    (r"\'", " '  "), (r"\"", ""), (r"\.", " . "), (r"<br \/>", " "), (r",", " , "), (r"\(", " ( "), (r"\)", " ) "),
+    (r"\!", " ! "), (r"\?", " ? "), (r"\;", " "), (r"\:", " "), (r"\s+", " "))]
+
+
+def _basic_english_normalize(line):
+    """torchtext's basic_english tokenizer, without torchtext: the same tokens for any text."""
+    line = line.lower()
+    for pattern, replacement in _BASIC_ENGLISH_RULES:
+        line = pattern.sub(replacement, line)
+    return line.split()
+
+
+_basic_english = get_tokenizer("basic_english") if USE_TORCHTEXT else _basic_english_normalize
 
 
 def tokenize(text):
@@ -587,11 +653,97 @@ def tokenize(text):
     return [sys.intern(token) for token in _basic_english(clean_text(text))]
 
 
+class _Vocab:
+    """The part of torchtext's Vocab that the project uses, in plain Python, with the same results.
+
+    Tokens and ids both ways (get_itos, get_stoi, lookup_token(s), lookup_indices, calling it), len,
+    `in`, vocab[token], and the default index that unknown tokens get (without one, an unknown
+    token or an index out of range raises RuntimeError, as in torchtext). A dict and a list: no
+    C++ table that reserves room for 30 million entries (0.12 GiB) whatever the size.
+    """
+
+    def __init__(self, itos):
+        self._itos = list(itos)
+        self._stoi = {token: index for index, token in enumerate(self._itos)}
+        self._default = None
+
+    def __len__(self):
+        return len(self._itos)
+
+    def __contains__(self, token):
+        return token in self._stoi
+
+    def __getitem__(self, token):
+        index = self._stoi.get(token, self._default)
+        if index is None:
+            raise RuntimeError(f"Token {token} not found and default index is not set")
+        return index
+
+    def __call__(self, tokens):
+        return self.lookup_indices(tokens)
+
+    def set_default_index(self, index):
+        self._default = index
+
+    def get_default_index(self):
+        return self._default
+
+    def lookup_indices(self, tokens):
+        if self._default is None:
+            return [self[token] for token in tokens]
+        get, default = self._stoi.get, self._default
+        return [get(token, default) for token in tokens]
+
+    def lookup_token(self, index):
+        if not 0 <= index < len(self._itos):
+            raise RuntimeError(f"Specified index {index} is out of bounds of the size of itos dictionary: "
+                               f"{len(self._itos)}.")
+        return self._itos[index]
+
+    def lookup_tokens(self, indices):
+        return [self.lookup_token(index) for index in indices]
+
+    def get_itos(self):
+        return list(self._itos)
+
+    def get_stoi(self):
+        return dict(self._stoi)
+
+    def __repr__(self):
+        return f"_Vocab({len(self)} tokens, default index {self._default})"
+
+
+def _build_vocab_from_iterator(iterator, min_freq=1, specials=None, max_tokens=None):
+    """torchtext 0.18's build_vocab_from_iterator (special_first=True), step for step, as a _Vocab.
+
+    Tokens by descending count, ties in code-point order; the cut to max_tokens - len(specials)
+    comes before specials are taken out and before min_freq, as there.
+    """
+    counter = collections.Counter()
+    for tokens in iterator:
+        counter.update(tokens)
+    specials = list(specials or [])
+    ordered = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+    if max_tokens is not None:
+        if len(specials) >= max_tokens:
+            raise AssertionError("len(specials) >= max_tokens, so the vocab will be entirely special tokens.")
+        ordered = ordered[: max_tokens - len(specials)]
+    unique_specials = set(specials)
+    return _Vocab(specials + [token for token, count in ordered if count >= min_freq and token not in unique_specials])
+
+
 def build_vocab(token_lists, min_freq=1, max_size=None):
-    """A torchtext vocabulary of the most frequent tokens, with <pad> = 0 and <unk> = 1 as default."""
-    vocab = build_vocab_from_iterator(
-        token_lists, min_freq=min_freq, specials=[PAD_TOKEN, UNK_TOKEN], special_first=True, max_tokens=max_size
-    )
+    """A vocabulary of the most frequent tokens, with <pad> = 0 and <unk> = 1 as default.
+
+    torchtext's where it is used, else a _Vocab with the same tokens in the same order.
+    """
+    specials = [PAD_TOKEN, UNK_TOKEN]
+    if USE_TORCHTEXT:
+        vocab = build_vocab_from_iterator(
+            token_lists, min_freq=min_freq, specials=specials, special_first=True, max_tokens=max_size
+        )
+    else:
+        vocab = _build_vocab_from_iterator(token_lists, min_freq=min_freq, specials=specials, max_tokens=max_size)
     vocab.set_default_index(vocab[UNK_TOKEN])
     return_freed_memory()  # the counts of every token, freed
     return vocab
@@ -603,7 +755,10 @@ def vocab_from_tokens(itos):
         raise ValueError(f"a vocabulary must start with {PAD_TOKEN!r}, {UNK_TOKEN!r}; got {itos[:2]!r}")
     if len(set(itos)) != len(itos):
         raise ValueError("a vocabulary must not hold a token twice")
-    vocab = vocab_from_ordered_dict(collections.OrderedDict((token, 1) for token in itos), min_freq=1)
+    if USE_TORCHTEXT:
+        vocab = vocab_from_ordered_dict(collections.OrderedDict((token, 1) for token in itos), min_freq=1)
+    else:
+        vocab = _Vocab(itos)
     vocab.set_default_index(1)
     return vocab
 
@@ -631,17 +786,26 @@ def stratified_split(labels, valid_fraction, seed):
 
 
 def stratified_subset(indices, labels, size, seed):
-    """`size` of the given indices, keeping the share of each label, reproducible from seed."""
+    """Exactly `size` of the given indices, keeping the share of each label, reproducible from seed.
+
+    Each label gets its share of `size` rounded down, and the reviews still missing go to the
+    labels with the largest remainders: every label's count is within one of its exact share.
+    """
     indices = np.asarray(indices)
-    if size > len(indices):
-        raise ValueError(f"train_size={size} is larger than the {len(indices):,} training reviews available")
+    if size < 0 or size > len(indices):
+        raise ValueError(f"train_size={size} must be between 0 and the {len(indices):,} training reviews available")
     subset_labels = np.asarray(labels)[indices]
     rng = np.random.default_rng([seed, size])
+    classes = np.unique(subset_labels)
+    shares = np.array([size * np.sum(subset_labels == label) / len(indices) for label in classes])
+    counts = np.floor(shares).astype(int)
+    # Largest remainders first; a stable sort breaks ties by label order, so the result is seeded only.
+    for i in np.argsort(-(shares - counts), kind="stable")[: size - counts.sum()]:
+        counts[i] += 1
     chosen = []
-    for label in np.unique(subset_labels):
+    for label, n in zip(classes, counts, strict=True):
         of_label = indices[subset_labels == label]
-        n = int(round(size * len(of_label) / len(indices)))
-        chosen.extend(rng.choice(of_label, size=min(n, len(of_label)), replace=False).tolist())
+        chosen.extend(rng.choice(of_label, size=n, replace=False).tolist())
     return sorted(chosen)
 
 
@@ -734,7 +898,7 @@ def _csr_tensor(crow, cols, values, shape):
     """torch.sparse_csr_tensor, without its warning that CSR support is in beta (it works for what we use)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, cols, values, shape)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)  # built sorted above
 
 
 def _csr_rows(matrix):
@@ -1052,8 +1216,12 @@ def predict_logits(model, batches, device):
     """The model's logit for every example of batches, in the examples' original order."""
     model.eval()
     logits = np.zeros(len(batches.sequences), dtype=np.float64)
+    predicted = np.zeros(len(batches.sequences), dtype=bool)
     for tokens, lengths, _, idx in batches:
-        logits[idx] = model(tokens.to(device), lengths).double().cpu().numpy()
+        logits[idx] = model(tokens.to(device), lengths).double().cpu().numpy()  # back to the examples' places
+        predicted[idx] = True
+    if not predicted.all():  # an example no batch held would otherwise get a silent logit of 0
+        raise RuntimeError(f"the batches left {int((~predicted).sum())} of {len(logits)} examples without a logit")
     return logits
 
 
@@ -1085,37 +1253,150 @@ def binary_metrics(probs, labels, threshold=0.5):
             "f1": f1, "confusion_matrix": [[tn, fp], [fn, tp]]}
 
 
+# --------------------------------------------------------------------------- the n-gram baseline
+
+
+def nb_log_count_ratios(features, labels, alpha=1.0):
+    """Naive-Bayes log-count ratio of each feature: log((p / |p|_1) / (q / |q|_1)).
+
+    p is alpha plus the feature's column sum over the positive examples, q the same over the
+    negative ones (Wang & Manning, 2012). Positive ratios mark features of positive reviews.
+    """
+    labels = np.asarray(labels)
+    if set(np.unique(labels).tolist()) != {0, 1}:
+        raise ValueError("the labels must hold both classes, 0 and 1")
+    p = alpha + np.asarray(features[labels == 1].sum(axis=0), dtype=np.float64).ravel()
+    q = alpha + np.asarray(features[labels == 0].sum(axis=0), dtype=np.float64).ravel()
+    return np.log((p / p.sum()) / (q / q.sum())).astype(np.float32)
+
+
+class NBNgramFeatures:
+    """Binary word n-gram features scaled by their naive-Bayes log-count ratios (the features of NBSVM).
+
+    `fit` learns the n-grams and their ratios from training token lists only: an n-gram that no
+    training review holds has no column, so it carries no weight whatever reviews come later.
+    """
+
+    def __init__(self, ngram_range=(1, 2), alpha=1.0):
+        self.ngram_range, self.alpha = tuple(ngram_range), alpha
+
+    def _counts(self, token_lists, fit=False):
+        if fit:
+            from sklearn.feature_extraction.text import CountVectorizer
+
+            # The token lists are ours already (helpers.tokenize): no second tokenizer, no lower-casing.
+            self.vectorizer = CountVectorizer(tokenizer=_same, preprocessor=_same, token_pattern=None,
+                                              lowercase=False, ngram_range=self.ngram_range, binary=True,
+                                              dtype=np.float32)
+            return self.vectorizer.fit_transform(token_lists)
+        return self.vectorizer.transform(token_lists)
+
+    def fit(self, token_lists, labels):
+        """Learn the vocabulary of n-grams and their ratios; returns self."""
+        self.ratios = nb_log_count_ratios(self._counts(token_lists, fit=True), labels, self.alpha)
+        return self
+
+    def transform(self, token_lists):
+        """A sparse matrix: row i holds the ratios of the n-grams that review i contains, 0 elsewhere."""
+        if not hasattr(self, "ratios"):
+            raise RuntimeError("call fit(training token lists, labels) before transform")
+        return self._counts(token_lists).multiply(self.ratios).tocsr()
+
+    def feature_names(self):
+        """The n-grams, in column order."""
+        return self.vectorizer.get_feature_names_out()
+
+
+def _same(tokens):
+    return tokens
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 
+WEIGHTS_FILE = "weights.safetensors"
+LEGACY_WEIGHTS_FILE = "weights.pt"
+
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint whose weights are in torch's pickle format, which this project never loads unasked."""
+
+
 def save_checkpoint(folder, model, vocab=None, config=None):
-    """Save weights (weights.pt) and, if given, the vocabulary and model config as JSON, atomically."""
+    """Save the weights (weights.safetensors) and, if given, the vocabulary and config as JSON, atomically.
+
+    safetensors holds only tensors (names, dtypes, shapes, raw numbers), so reading one back can
+    never run code, unlike torch's pickle-based .pt files.
+    """
+    from safetensors.torch import save as safetensors_bytes
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if vocab is not None:
         write_json(folder / "vocab.json", vocab.get_itos())
     if config is not None:
         write_json(folder / "config.json", config)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".weights.", suffix=".tmp")
-    os.close(fd)
+    state = model if isinstance(model, dict) else model.state_dict()
+    # safetensors refuses tensors that share memory or are views: store each as its own contiguous copy.
+    tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in state.items()}
+    write_atomic(folder / WEIGHTS_FILE, safetensors_bytes(tensors))
+
+
+def read_weights(folder):
+    """The state_dict in folder/weights.safetensors; an old weights.pt is refused, never unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+
+    folder = Path(folder)
+    path = folder / WEIGHTS_FILE
+    if not path.exists():
+        if (folder / LEGACY_WEIGHTS_FILE).exists():
+            raise UntrustedCheckpointError(
+                f"checkpoint {folder} holds {LEGACY_WEIGHTS_FILE}, torch's pickle format of earlier versions of this "
+                f"project; loading such a file can run code hidden in it (CVE-2025-32434, CVE-2026-24747), so this "
+                f"version reads only {WEIGHTS_FILE}. If you trust whoever made it, convert it once with "
+                f"`python helpers.py convert-checkpoint {shown_path(folder)} --trust-pickled-file` (or "
+                f"helpers.convert_legacy_checkpoint(folder, trust_pickled_file=True)), then load it as usual")
+        raise FileNotFoundError(f"checkpoint {folder} lacks {WEIGHTS_FILE}")
     try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, folder / "weights.pt")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return safetensors_load(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
 
 
 def load_checkpoint(folder):
-    """Load (state_dict, vocab, config) from a checkpoint folder, without unpickling any code."""
+    """Load (state_dict, vocab, config) from a checkpoint folder: safetensors and JSON only, nothing pickled."""
     folder = Path(folder)
-    for name in ("weights.pt", "vocab.json", "config.json"):
+    state = read_weights(folder)
+    for name in ("vocab.json", "config.json"):
         if not (folder / name).exists():
             raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
-    state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
     vocab = vocab_from_tokens(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     return state, vocab, config
+
+
+def convert_legacy_checkpoint(folder, trust_pickled_file=False):
+    """Rewrite an old checkpoint's weights.pt as weights.safetensors; only for a file whose maker you trust.
+
+    This is the one place where the project unpickles anything, and it does so only when asked to
+    with trust_pickled_file=True: torch.load can run code from a crafted file even with
+    weights_only=True on the pinned torch 2.3.1 (CVE-2025-32434, CVE-2026-24747).
+    """
+    folder = Path(folder)
+    legacy = folder / LEGACY_WEIGHTS_FILE
+    if not legacy.exists():
+        raise FileNotFoundError(f"{folder} has no {LEGACY_WEIGHTS_FILE} to convert")
+    if not trust_pickled_file:
+        raise UntrustedCheckpointError(
+            f"{legacy} is a pickle, and unpickling can run code; convert it only if you trust whoever made it, "
+            f"by passing trust_pickled_file=True (on the command line: --trust-pickled-file)")
+    state = torch.load(legacy, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{legacy} does not hold a state_dict of tensors")
+    save_checkpoint(folder, state)
+    legacy.unlink()  # the safetensors copy replaces it; the pickle is not kept beside it to be loaded by mistake
+    return folder / WEIGHTS_FILE
 
 
 def member_weights(state, index):
@@ -1129,12 +1410,14 @@ def member_weights(state, index):
 
 
 def load_weights(model, state):
-    """Load a state_dict into model, or raise naming the parts whose names or shapes differ."""
+    """Load a state_dict into model, or raise naming the parts whose names, shapes or dtypes differ."""
     own = model.state_dict()
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]
     problems += [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
                  for k, v in own.items() if k in state and state[k].shape != v.shape]
+    problems += [f"{k}: checkpoint dtype {state[k].dtype} vs model {v.dtype}"
+                 for k, v in own.items() if k in state and state[k].shape == v.shape and state[k].dtype != v.dtype]
     if problems:
         raise ValueError("checkpoint does not match the model: " + "; ".join(problems))
     model.load_state_dict(state)
@@ -1177,23 +1460,32 @@ def write_predictions(path, line_numbers, reviews, probabilities):
 
 
 def read_review_file(path):
-    """Read one review per line: returns (reviews, their line numbers, skipped blank line numbers)."""
+    """Read one review per line: returns (reviews, their line numbers, skipped line numbers).
+
+    Lines end at \\n or \\r\\n only: characters such as \\x85 (NEL, in 321 of IMDB's test reviews)
+    or U+2028, which str.splitlines() would also break at, stay inside their review. A line
+    with no words (blank, or only markup and spaces) is skipped and its number listed.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"predict_file {path} does not exist or is not a file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_bytes().decode("utf-8")  # bytes: no universal-newline translation of a lone \r
     except UnicodeDecodeError as err:
         raise ValueError(f"predict_file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no line of its own
     reviews, numbers, skipped = [], [], []
     for number, line in enumerate(lines, start=1):
-        if line.strip():
+        line = line.removesuffix("\r")
+        if tokenize(line):
             reviews.append(line)
             numbers.append(number)
         else:
             skipped.append(number)
     if not reviews:
-        raise ValueError(f"predict_file {path} holds no review: every line is blank")
+        raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
     return reviews, numbers, skipped
 
 
@@ -1226,6 +1518,7 @@ def integrated_gradients(model, token_ids, device, steps=64):
     weights[0] = weights[-1] = 0.5 / steps  # trapezoid rule
     average_gradient = (gradients * weights).sum(dim=0)  # [seq_len, dim]
     contributions = ((embedded[0] - baseline[0]) * average_gradient).sum(dim=1)  # [seq_len]
+    logits = logits.detach()  # newer torch warns when a tensor that requires grad becomes a float
     return contributions.detach().cpu().numpy(), float(logits[-1]), float(logits[0])
 
 
@@ -1515,3 +1808,29 @@ def _save(fig, path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return fig
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv=None):
+    """`python helpers.py convert-checkpoint FOLDER --trust-pickled-file`: the one command line this module has."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python helpers.py", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert-checkpoint",
+                                  help="rewrite an old checkpoint's weights.pt (a pickle) as weights.safetensors")
+    convert.add_argument("folder", help="the checkpoint folder holding weights.pt, vocab.json and config.json")
+    convert.add_argument("--trust-pickled-file", action="store_true",
+                         help="required: you trust whoever made weights.pt, since unpickling it can run code")
+    args = parser.parse_args(argv)
+    try:
+        written = convert_legacy_checkpoint(args.folder, trust_pickled_file=args.trust_pickled_file)
+    except (UntrustedCheckpointError, FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"wrote {written}; {LEGACY_WEIGHTS_FILE} removed")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,8 @@
 
     python sweeps/sweep.py sweeps/smoke.yaml [--jobs N] [--summary-only] [--runs-dir runs]
     python sweeps/sweep.py sweeps/smoke.yaml --scheduler tcp://host:8786 [--fetch-checkpoints]
+    python sweeps/sweep.py sweeps/smoke.yaml --scheduler tls://host:8786 \
+        --tls-ca-file ca.pem --tls-cert cluster.pem --tls-key cluster-key.pem
 
 A sweep file (YAML) holds `base` parameters shared by every run, and `runs` (a list of named
 parameter sets), a `grid` (every combination of the listed values), or both (each named run
@@ -23,6 +25,12 @@ results back (the checkpoint only with --fetch-checkpoints) and they land in run
 as a local run's do, whole or not at all. Workers need a checkout of the same commit (they are
 started from it), `make install` and the data. A run whose worker dies is retried on another
 worker, and a run that fails twice, either way, is recorded as failed.
+
+A Dask scheduler runs whatever any client that reaches it submits, on every worker. A plain
+tcp:// scheduler must therefore stay on localhost or a trusted network (the sweep warns about any
+other host). Elsewhere use TLS: scheduler, workers and this client all hold certificates signed by
+the cluster's own CA (--tls-ca-file, --tls-cert, --tls-key, as `dask scheduler` and `dask worker`
+take them), and the scheduler refuses every connection without one.
 """
 
 from __future__ import annotations
@@ -258,13 +266,77 @@ def set_aside(run_dir):
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
+TLS_OPTIONS = {"tls_ca_file": "--tls-ca-file", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
+
+
+def _scheme_and_host(scheduler):
+    """("tcp" or "tls" or another scheme, host) of a Dask address; no scheme means tcp, as in Dask."""
+    scheme, _, rest = scheduler.rpartition("://") if "://" in scheduler else ("tcp", "", scheduler)
+    host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 or rest.startswith("[") else rest
+    return scheme.lower(), host.strip("[]")
+
+
+def is_local_host(host):
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def scheduler_security(scheduler, tls_ca_file=None, tls_cert=None, tls_key=None):
+    """The distributed.security.Security for a tls:// scheduler, None for a tcp:// one; SweepError if they don't fit.
+
+    tls_cert is this client's certificate, signed by the CA in tls_ca_file, and tls_key its key
+    (None when the cert file holds the key too): a TLS scheduler started with --tls-ca-file
+    accepts only connections that present such a certificate, and the client accepts only a
+    scheduler whose certificate that CA signed.
+    """
+    given = {option: value for option, value in (("--tls-ca-file", tls_ca_file), ("--tls-cert", tls_cert),
+                                                 ("--tls-key", tls_key)) if value}
+    scheme, _ = _scheme_and_host(scheduler)
+    if scheme not in ("tcp", "tls"):
+        raise SweepError(f"the scheduler address {scheduler} must start with tls:// (or tcp:// on a trusted network)")
+    if scheme == "tcp":
+        if given:
+            raise SweepError(f"{', '.join(given)} given, but the scheduler address {scheduler} is plain tcp://; "
+                             "a TLS scheduler's address starts with tls://")
+        return None
+    missing = [option for option in ("--tls-ca-file", "--tls-cert") if option not in given]
+    if missing:
+        raise SweepError(f"the scheduler address {scheduler} is tls://, which needs the cluster's certificate files: "
+                         f"{', '.join(missing)} missing (--tls-ca-file: the CA that signed the cluster's "
+                         "certificates; --tls-cert and --tls-key: a certificate signed by it and its key)")
+    for option, value in given.items():
+        if not Path(value).is_file():
+            raise SweepError(f"{option} {value}: no such file")
+    from distributed.security import Security
+
+    return Security(tls_ca_file=str(tls_ca_file), tls_client_cert=str(tls_cert),
+                    tls_client_key=str(tls_key) if tls_key else None, require_encryption=True)
+
+
+def plain_tcp_warning(scheduler):
+    """A warning for a tcp:// scheduler on another host than this one, else None."""
+    scheme, host = _scheme_and_host(scheduler)
+    if scheme != "tcp" or is_local_host(host):
+        return None
+    return (f"warning: {scheduler} is a plain tcp:// Dask scheduler: anyone who can reach it can run code on every "
+            "worker (and on this machine, through the results). A plain tcp scheduler must stay on a trusted network "
+            "or on localhost; elsewhere use tls:// with --tls-ca-file, --tls-cert and --tls-key.")
+
+
 def _allow_one_retry(dask_scheduler):
     # A task whose worker dies is rescheduled; with 1 allowed failure, a second death marks it failed.
     dask_scheduler.allowed_failures = 1
 
 
-def dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints=False, log=print, worker_timeout=120):
-    """Run the configurations on a Dask cluster; yields (name, error or None, seconds) as each ends."""
+def dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints=False, log=print, worker_timeout=120, security=None):
+    """Run the configurations on a Dask cluster; yields (name, error or None, seconds) as each ends.
+
+    security: the Security of a tls:// scheduler (see scheduler_security), None for tcp://.
+    """
     import cloudpickle
     from distributed import Client
     from distributed import as_completed as completed
@@ -279,9 +351,11 @@ def dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints=False, log=print, wo
         return run_on_worker(*args)
 
     try:
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler, timeout="20s", security=security)
     except OSError as err:
-        raise SweepError(f"could not reach the Dask scheduler at {scheduler}: {err}") from err
+        hint = (" (a TLS scheduler refuses a certificate its CA did not sign; check --tls-ca-file, --tls-cert and "
+                "--tls-key)" if security is not None else "")
+        raise SweepError(f"could not reach the Dask scheduler at {scheduler}: {err}{hint}") from err
     with client:
         client.run_on_scheduler(_allow_one_retry)
         try:
@@ -352,12 +426,19 @@ def local_runs(sweep_dir, todo, jobs, execute, log=print):
 
 
 def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_names=None, log=print,
-              scheduler=None, fetch_checkpoints=False):
+              scheduler=None, fetch_checkpoints=False, tls=None):
     """Run every configuration not yet complete; returns (sweep folder, names of the failed runs).
 
-    Locally `jobs` at a time, or, given a scheduler address, on the workers of that Dask cluster.
+    Locally `jobs` at a time, or, given a scheduler address, on the workers of that Dask cluster;
+    tls: {"tls_ca_file": ..., "tls_cert": ..., "tls_key": ...} for a tls:// scheduler.
     """
     execute = execute or papermill_execute
+    tls = {name: path for name, path in (tls or {}).items() if path}
+    if tls and not scheduler:
+        raise SweepError(f"{', '.join(TLS_OPTIONS[name] for name in tls)} need a tls:// --scheduler")
+    security = scheduler_security(scheduler, **tls) if scheduler else None
+    if scheduler and plain_tcp_warning(scheduler):
+        log(plain_tcp_warning(scheduler))
     sweep_file = Path(sweep_file)
     spec = yaml.safe_load(sweep_file.read_text(encoding="utf-8"))
     runs = expand(spec, valid_names if valid_names is not None else list(notebook_parameters()))
@@ -369,7 +450,7 @@ def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_na
     failed, done = [], len(runs) - len(todo)
     start = time.perf_counter()
     if scheduler:
-        results = dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints, log) if todo else []
+        results = dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints, log, security=security) if todo else []
     else:
         results = local_runs(sweep_dir, todo, jobs, execute, log)
     for name, err, seconds in results:
@@ -597,7 +678,12 @@ def main(argv=None):
     parser.add_argument("sweep_file", type=Path)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (torch threads are shared out)")
     parser.add_argument("--scheduler", default=None,
-                        help="address of a Dask scheduler (tcp://host:8786): run on its workers, not here")
+                        help="address of a Dask scheduler (tls://host:8786, or tcp://host:8786 on localhost or a "
+                             "trusted network only): run on its workers, not here")
+    for option, what in (("--tls-ca-file", "the CA certificate that signed the cluster's certificates (PEM)"),
+                         ("--tls-cert", "this client's certificate, signed by that CA (PEM)"),
+                         ("--tls-key", "the key of --tls-cert (PEM; not needed if the cert file holds it)")):
+        parser.add_argument(option, default=None, metavar="FILE", help=f"with a tls:// --scheduler: {what}")
     parser.add_argument("--fetch-checkpoints", action="store_true",
                         help="with --scheduler: also bring each run's checkpoint back from its worker")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where runs/<sweep>/ goes")
@@ -607,6 +693,14 @@ def main(argv=None):
         parser.error(f"sweep file {args.sweep_file} does not exist")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    tls = {name: getattr(args, name) for name in TLS_OPTIONS if getattr(args, name)}
+    if tls and not args.scheduler:
+        parser.error(f"{', '.join(TLS_OPTIONS[name] for name in tls)} need a tls:// --scheduler")
+    if args.scheduler and not args.summary_only:
+        try:
+            scheduler_security(args.scheduler, **tls)
+        except SweepError as err:
+            parser.error(str(err))
     try:
         if args.summary_only:
             spec = yaml.safe_load(args.sweep_file.read_text(encoding="utf-8"))
@@ -614,7 +708,7 @@ def main(argv=None):
             summarise(sweep_dir, expand(spec, list(notebook_parameters())))
             return 0
         sweep_dir, failed = run_sweep(args.sweep_file, args.runs_dir, args.jobs, scheduler=args.scheduler,
-                                      fetch_checkpoints=args.fetch_checkpoints)
+                                      fetch_checkpoints=args.fetch_checkpoints, tls=tls)
     except SweepError as err:
         print(f"error in {args.sweep_file}: {err}", file=sys.stderr)
         return 2

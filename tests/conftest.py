@@ -103,3 +103,8 @@ class TinyModel(nn.Module):
 def tiny_model():
     torch.manual_seed(0)
     return TinyModel()
+
+
+@pytest.fixture
+def vocab():
+    return helpers.build_vocab([["great", "film", "awful", "plot", "."]])

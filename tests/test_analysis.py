@@ -8,7 +8,7 @@ import torch
 
 import helpers
 from conftest import TinyModel
-from notebook_code import cell_defining, namespace
+from notebook_code import cell_containing, cell_defining, namespace
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean", "last"])
@@ -117,3 +117,34 @@ def test_an_ensembles_explanation_averages_its_members_and_stays_complete():
     with torch.no_grad():
         assert logit == pytest.approx(float(space["model"](torch.tensor([ids]), torch.tensor([len(ids)]))), abs=1e-5)
     assert contributions.sum() == pytest.approx(logit - baseline_logit, abs=0.01 * max(1, abs(logit)))
+
+
+class FixedLogits(torch.nn.Module):
+    """A model whose logit for a review is set by the review's first token: logits[token]."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(logits, dtype=torch.float32))
+
+    def forward(self, tokens, lengths):
+        return self.table[tokens[:, 0]]
+
+
+def test_the_notebook_fits_the_temperature_on_validation_and_never_on_test():
+    # Validation: logits of +-3 that are right 4 times in 5, so the best temperature is a moderate one.
+    valid_labels = [1, 1, 1, 1, 0] * 4 + [0, 0, 0, 0, 1] * 4
+    valid_ids = [[1]] * 20 + [[2]] * 20  # token 1: logit +3, token 2: logit -3
+    model = FixedLogits([0.0, 3.0, -3.0])
+    valid_batches = helpers.BucketBatches(valid_ids, valid_labels, 8)
+    # Test: poisoned, confidently wrong logits, whose own best temperature is far larger.
+    test_labels = [1, 0] * 10
+    test_logits = np.array([-30.0, 30.0] * 10)
+    test_probs = helpers.sigmoid(test_logits)
+    space = {"helpers": helpers, "np": np, "model": model, "valid_batches": valid_batches, "device": "cpu",
+             "valid_labels": valid_labels, "test_logits": test_logits, "test_probs": test_probs,
+             "test_labels": test_labels, "test_metrics": helpers.binary_metrics(test_probs, test_labels)}
+    exec(cell_containing("helpers.fit_temperature("), space)  # noqa: S102 - the notebook's own cell
+    on_validation = helpers.fit_temperature(np.array([3.0] * 20 + [-3.0] * 20), valid_labels)
+    assert 1.5 < on_validation < 3 and helpers.fit_temperature(test_logits, test_labels) > 10
+    assert space["temperature"] == on_validation == space["calibration"]["temperature"]
+    np.testing.assert_allclose(space["scaled_probs"], helpers.sigmoid(test_logits / on_validation))

@@ -1,15 +1,20 @@
 """The notebook end to end on the bundled sample, through papermill, as `make run` runs it."""
 
 import csv
+import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbclient
 import nbformat
+import numpy as np
 import papermill
 import pytest
+import torch
 
 import helpers
 
@@ -45,7 +50,7 @@ def read_predictions(run_dir):
 def test_the_run_folder_holds_metrics_checkpoint_figures_and_predictions(sample_run):
     run_dir, _ = sample_run
     names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
-    assert {"metrics.json", "predictions.csv", "checkpoint/weights.pt", "checkpoint/vocab.json",
+    assert {"metrics.json", "predictions.csv", "checkpoint/weights.safetensors", "checkpoint/vocab.json",
             "checkpoint/config.json", "figures/2_review_lengths.png", "figures/4_loss_curves.png",
             "figures/5_confusion_matrix.png"} <= names
 
@@ -59,7 +64,8 @@ def test_metrics_json_records_results_history_parameters_and_environment(sample_
     assert metrics["best_epoch"] in (1, 2)
     assert metrics["params"]["hidden_dim"] == 16 and metrics["params"]["max_length"] == 200
     assert metrics["params"]["adversarial_epsilon"] == 1.0
-    assert metrics["environment"]["torch"].startswith("2.3.1")
+    assert metrics["environment"]["torch"] == torch.__version__  # this stack's: 2.3.1, or today's
+    assert (metrics["environment"]["torchtext"] is not None) == helpers.USE_TORCHTEXT
     assert metrics["training_seconds"] > 0
     assert metrics["pretraining_seconds"] > 0  # word vectors from the sample's unlabelled reviews
     assert 100 < metrics["peak_memory"]["cpu_rss_mib"] < 100_000
@@ -85,7 +91,177 @@ def test_predict_file_writes_one_row_per_review_and_reports_blank_lines(sample_r
     assert [row["line"] for row in rows] == ["1", "3", "4"]
     assert all(row["label"] in ("positive", "negative") and 0 < float(row["prob_positive"]) < 1 for row in rows)
     outputs = "".join("".join(o.get("text", "")) for c in notebook["cells"] for o in c.get("outputs", []))
-    assert "blank lines skipped: [2]" in outputs
+    assert "lines with no words (blank, or markup only) skipped: [2]" in outputs
+
+
+def cell_outputs(notebook, code):
+    """The outputs of the one executed cell whose source contains `code`."""
+    cells = [c for c in notebook["cells"] if code in "".join(c["source"])]
+    assert len(cells) == 1, f"{len(cells)} cells contain {code!r}"
+    return cells[0]["outputs"]
+
+
+def printed_text(notebook, code):
+    return "".join("".join(o.get("text", "")) for o in cell_outputs(notebook, code))
+
+
+def shown_table(notebook, code):
+    """The helpers.Table a cell shows (its HTML form), as (header, rows), every cell a string."""
+    tables = [re.findall(r"<tr>(.*?)</tr>", "".join(o["data"]["text/html"]))
+              for o in cell_outputs(notebook, code) if "<table>" in "".join(o.get("data", {}).get("text/html", ""))]
+    assert len(tables) == 1, f"{len(tables)} tables shown by the cell containing {code!r}"
+    header, *rows = tables[0]
+    cells = [[html.unescape(cell) for cell in re.findall(r"<t[hd]>(.*?)</t[hd]>", row)] for row in (header, *rows)]
+    return cells[0], cells[1:]
+
+
+def check_metrics_match_the_confusion_matrix(metrics, n_reviews=200):
+    """accuracy, precision, recall and F1 are those of test_confusion_matrix, [[tn, fp], [fn, tp]]."""
+    (tn, fp), (fn, tp) = metrics["test_confusion_matrix"]
+    assert tn + fp == fn + tp == n_reviews // 2  # the sample's test reviews: 100 of each label
+    precision, recall = tp / (tp + fp), tp / (tp + fn)
+    assert metrics["test_accuracy"] == (tp + tn) / n_reviews
+    assert metrics["test_precision"] == pytest.approx(precision, rel=1e-12)
+    assert metrics["test_recall"] == pytest.approx(recall, rel=1e-12)
+    assert metrics["test_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-12)
+
+
+def check_printed_metrics_are_the_saved_ones(metrics, notebook):
+    """The test-evaluation table (section 5) and section 10's "metrics.json (excerpt)" quote metrics.json."""
+    header, rows = shown_table(notebook, "test_metrics = helpers.binary_metrics(")
+    assert header[0] == "test set"
+    assert rows == [[name, f"{metrics['test_' + name]:.4f}"] for name in ("loss", "accuracy", "precision", "recall",
+                                                                           "f1")]
+    header, rows = shown_table(notebook, "metrics.json (excerpt)")
+    assert header[0] == "metrics.json (excerpt)"
+    shown = dict(rows)
+    assert len(shown) == len(rows), "a label shown twice"
+    expected = {
+        "test accuracy": f"{metrics['test_accuracy']:.4f}", "test loss": f"{metrics['test_loss']:.4f}",
+        "models": f"{metrics['n_models']:,}", "best epoch (model 1)": f"{metrics['best_epoch']:,}",
+        "its validation accuracy (model 1)": f"{metrics['best_valid_acc']:.4f}",
+        "validation accuracy (final model)": f"{metrics['valid_acc']:.4f}",
+        "validation loss (final model)": f"{metrics['valid_loss']:.4f}",
+        "training reviews": f"{metrics['n_train_reviews']:,}",
+        "parameters (all models)": f"{metrics['n_parameters']:,}",
+        "training seconds (all models)": f"{metrics['training_seconds']:.4f}",
+        "n-gram baseline: test accuracy": f"{metrics['ngram_baseline']['test_accuracy']:.4f}",
+        "LSTM + n-grams: test accuracy": f"{metrics['combined']['test_accuracy']:.4f}",
+        "peak memory (MiB)": f"{round(metrics['peak_memory']['cpu_rss_mib']):,}",
+    }
+    for label, value in expected.items():
+        assert shown.get(label) == value, label
+
+
+def check_the_baseline_keeps_the_best_c(metrics, notebook):
+    """The C kept is the first, in the order of ngram_c_values, of those with the best validation accuracy."""
+    baseline, params = metrics["ngram_baseline"], metrics["params"]
+    by_c = baseline["valid_acc_by_c"]
+    assert list(by_c) == [str(c) for c in params["ngram_c_values"]]  # each C, in the parameter's order
+    best = None
+    for c in params["ngram_c_values"]:
+        if best is None or by_c[str(c)] > by_c[str(best)]:
+            best = c
+    assert baseline["c"] == best
+    assert baseline["valid_acc"] == by_c[str(best)] == max(by_c.values())
+    assert baseline["max_n"] == params["ngram_max_n"]
+    assert all(0 <= value <= 1 for value in (*by_c.values(), baseline["test_accuracy"]))
+    header, rows = shown_table(notebook, "baseline_c = max(")
+    assert header == ["C", "validation accuracy"]
+    assert rows == [[f"{float(c):.4f}", f"{acc:.4f}"] for c, acc in zip(params["ngram_c_values"], by_c.values(),
+                                                                         strict=True)]
+    assert (f"n-gram baseline (C = {baseline['c']}): validation accuracy {baseline['valid_acc']:.4f}, test accuracy "
+            f"{baseline['test_accuracy']:.4f}, {baseline['seconds']:.0f} s in all") in printed_text(
+                notebook, 'print(f"n-gram baseline (C = ')
+
+
+def check_the_comparison_quotes_the_saved_accuracies(metrics, notebook, n_reviews=200):
+    """The table of the cell that prints "LSTM minus n-gram baseline" shows metrics.json's figures."""
+    baseline, combined = metrics["ngram_baseline"], metrics["combined"]
+    code = "LSTM minus n-gram baseline"
+    header, rows = shown_table(notebook, code)
+    assert header == ["model", "test accuracy", "training time", "parameters"]
+    assert rows == [
+        ["n-gram baseline", f"{baseline['test_accuracy']:.4f}", f"{baseline['seconds']:.0f} s",
+         f"{baseline['n_features'] + 1:,}"],
+        ["LSTM", f"{metrics['test_accuracy']:.4f}",
+         f"{metrics['pretraining_seconds'] + metrics['training_seconds']:.0f} s", f"{metrics['n_parameters']:,}"],
+        [f"{combined['lstm_weight']:.2f} × LSTM + {combined['ngram_weight']:.2f} × n-gram logit",
+         f"{combined['test_accuracy']:.4f}", "both", f"{metrics['n_parameters'] + baseline['n_features'] + 1 + 3:,}"],
+    ]
+    line = re.search(r"LSTM minus n-gram baseline: ([+-]\d+\.\d\d) ± (\d+\.\d\d) points \(paired standard error\); "
+                     r"they disagree on (\d+\.\d)% of the test reviews", printed_text(notebook, code))
+    assert line, printed_text(notebook, code)
+    difference, se, disagree = (float(value) / 100 for value in line.groups())
+    # The mean paired difference is the difference of the two accuracies ...
+    assert difference == pytest.approx(metrics["test_accuracy"] - baseline["test_accuracy"], abs=5.1e-5)
+    # ... and the differences are -1, 0 or 1, with |d| = 1 where the two disagree: that fixes their sd.
+    assert disagree >= abs(difference) - 5e-4
+    sd = (n_reviews / (n_reviews - 1) * (disagree - difference**2)) ** 0.5
+    assert se == pytest.approx(sd / n_reviews**0.5, abs=1e-4)
+    assert 0 <= combined["valid_acc"] <= 1
+
+
+def check_the_saved_logits_give_the_saved_figures(metrics, logits):
+    """logits.npz holds each review's logit from each model: the accuracies of metrics.json follow from them."""
+    baseline, combined = metrics["ngram_baseline"], metrics["combined"]
+    test_labels, valid_labels = logits["test_labels"].astype(bool), logits["valid_labels"].astype(bool)
+    assert test_labels.sum() == (~test_labels).sum() == sum(metrics["test_confusion_matrix"][1])
+
+    def accuracy(split, model):
+        labels = test_labels if split == "test" else valid_labels
+        return float(np.mean((helpers.sigmoid(logits[f"{split}_{model}"]) >= 0.5) == labels))
+
+    assert accuracy("test", "lstm") == metrics["test_accuracy"]
+    predicted = helpers.sigmoid(logits["test_lstm"]) >= 0.5
+    (tn, fp), (fn, tp) = metrics["test_confusion_matrix"]
+    assert (tn, fp, fn, tp) == tuple(int(np.sum(truth & guess)) for truth in (~test_labels, test_labels)
+                                     for guess in (~predicted, predicted))
+    # evaluate() scored validation in its own pass: at most one review on the edge may differ
+    assert accuracy("valid", "lstm") == pytest.approx(metrics["valid_acc"], abs=1.01 / len(valid_labels))
+    assert accuracy("test", "ngram") == baseline["test_accuracy"]
+    assert accuracy("valid", "ngram") == baseline["valid_acc"]
+    assert accuracy("test", "combined") == combined["test_accuracy"]
+    assert accuracy("valid", "combined") == combined["valid_acc"]
+    weighted = (combined["lstm_weight"] * logits["test_lstm"] + combined["ngram_weight"] * logits["test_ngram"]
+                + combined["bias"])
+    assert np.allclose(weighted, logits["test_combined"], atol=1e-6)
+
+
+def check_predictions_csv_labels_follow_its_probabilities(rows):
+    for row in rows:
+        probability = float(row["prob_positive"])
+        assert row["label"] == ("positive" if probability >= 0.5 else "negative"), row
+
+
+def test_the_saved_metrics_are_those_of_the_saved_confusion_matrix(sample_run):
+    check_metrics_match_the_confusion_matrix(json.loads((sample_run[0] / "metrics.json").read_text()))
+
+
+def test_the_notebook_prints_the_metrics_it_saves(sample_run):
+    run_dir, notebook = sample_run
+    check_printed_metrics_are_the_saved_ones(json.loads((run_dir / "metrics.json").read_text()), notebook)
+
+
+def test_the_ngram_baseline_keeps_the_c_with_the_best_validation_accuracy(sample_run):
+    run_dir, notebook = sample_run
+    check_the_baseline_keeps_the_best_c(json.loads((run_dir / "metrics.json").read_text()), notebook)
+
+
+def test_the_comparison_with_the_ngram_baseline_shows_the_saved_accuracies(sample_run):
+    run_dir, notebook = sample_run
+    check_the_comparison_quotes_the_saved_accuracies(json.loads((run_dir / "metrics.json").read_text()), notebook)
+
+
+def test_the_saved_logits_give_every_saved_accuracy(sample_run):
+    metrics = json.loads((sample_run[0] / "metrics.json").read_text())
+    with np.load(sample_run[0] / "logits.npz", allow_pickle=False) as logits:
+        check_the_saved_logits_give_the_saved_figures(metrics, logits)
+
+
+def test_the_predictions_files_labels_follow_its_probabilities(sample_run):
+    """predictions.csv holds predict_file's reviews (the test set's predictions are not saved)."""
+    check_predictions_csv_labels_follow_its_probabilities(read_predictions(sample_run[0]))
 
 
 def test_metrics_json_keeps_the_seconds_of_every_epoch(sample_run):
@@ -103,7 +279,9 @@ def test_the_batch_outputs_hold_one_line_per_epoch_and_no_progress_bar_fragments
     assert printed("history, stopper, interrupted = fit(") == ["epoch 1/2", "epoch 2/2"]
     assert printed("member, record, interrupted = train_member(") == ["model 2 of 2 (seed 43)", "epoch 1/2",
                                                                       "epoch 2/2"]
-    assert all(o.get("name") != "stderr" for c in notebook["cells"] for o in c.get("outputs", []))
+    stderr = ["".join(o.get("text", "")) for c in notebook["cells"] for o in c.get("outputs", [])
+              if o.get("name") == "stderr"]
+    assert stderr == []
 
 
 def test_rich_outputs_carry_a_readable_plain_text_form(sample_run):
@@ -182,7 +360,7 @@ def test_a_later_run_can_train_on_from_a_single_models_checkpoint(tmp_path):
     assert on["history"]["epoch"] == [1]
     # It starts from the trained weights, so its first epoch beats the first run's first epoch.
     assert on["history"]["train_loss"][0] < first["history"]["train_loss"][0]
-    assert (on_dir / "checkpoint" / "weights.pt").exists()
+    assert (on_dir / "checkpoint" / "weights.safetensors").exists()
 
 
 def test_training_on_from_an_ensembles_checkpoint_is_refused_before_any_data_is_read(sample_run, tmp_path):
@@ -225,6 +403,18 @@ def test_the_committed_notebook_runs_as_it_is_from_notebooks_and_from_the_root_t
             shutil.rmtree(run, ignore_errors=True)
 
 
+def test_outside_the_clone_the_setup_cell_stops_saying_where_to_cd(tmp_path):
+    # A hosted kernel may start in the home folder, where no folder above holds helpers.py.
+    notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+    setup = next("".join(c["source"]) for c in notebook["cells"]
+                 if c["cell_type"] == "code" and "import helpers" in "".join(c["source"]))
+    result = subprocess.run([sys.executable, "-c", setup], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("FileNotFoundError: helpers.py is not in") and "%cd" in last_line
+    assert str(tmp_path) in last_line
+
+
 def test_the_committed_notebook_is_a_clean_default_run():
     notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
     tags = [t for c in notebook["cells"] for t in c.get("metadata", {}).get("tags", [])]
@@ -237,4 +427,4 @@ def test_the_committed_notebook_is_a_clean_default_run():
     counts = [c["execution_count"] for c in code]
     assert all(counts) and counts == sorted(counts), "not one top-to-bottom run"
     assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"]
-    assert NOTEBOOK.stat().st_size < 340_000  # one run's figures and tables (323 KB); a stray image would blow it
+    assert NOTEBOOK.stat().st_size < 370_000  # one run's seven figures and tables (350 KB); a stray image would blow it

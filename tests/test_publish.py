@@ -57,6 +57,13 @@ def test_a_run_that_is_not_fit_to_commit_is_refused_and_nothing_is_written(tmp_p
     assert not destination.exists()
 
 
+def test_a_parameter_given_its_default_value_leaves_the_run_a_default_one(tmp_path):
+    # the seeded runs of the README pass -p seed 42 explicitly; seed 1 is another run
+    helpers.publish_notebook(executed_copy(tmp_path, dict(LOCATION, seed=42)), tmp_path / "published.ipynb")
+    with pytest.raises(ValueError, match="was run with seed set"):
+        helpers.publish_notebook(executed_copy(tmp_path, dict(LOCATION, seed=1)), tmp_path / "other.ipynb")
+
+
 def test_a_run_with_an_error_or_an_unrun_cell_is_refused(tmp_path):
     path = executed_copy(tmp_path, LOCATION)
     notebook = json.loads(path.read_text())

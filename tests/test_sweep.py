@@ -3,6 +3,9 @@
 import csv
 import json
 import os
+import pickle
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sweeps"))
 
 import sweep  # noqa: E402
+
+import helpers  # noqa: E402
 
 NAMES = ["use_sample", "n_epochs", "hidden_dim", "pooling", "bidirectional", "lr", "seed", "run_dir"]
 
@@ -128,7 +133,7 @@ def test_the_smoke_sweep_runs_the_real_notebook_on_the_sample(tmp_path):
                                               "uni_pooling-max"]
     assert all(r["status"] == "ok" and 0 <= float(r["best_valid_acc"]) <= 1 for r in rows)
     assert (sweep_dir / "valid_loss_curves.png").exists() and (sweep_dir / "valid_acc_by_parameter.png").exists()
-    assert (sweep_dir / "bi_pooling-max" / "checkpoint" / "weights.pt").exists()
+    assert (sweep_dir / "bi_pooling-max" / "checkpoint" / "weights.safetensors").exists()
     metrics = json.loads((sweep_dir / "bi_pooling-max" / "metrics.json").read_text())
     assert metrics["environment"]["torch_threads"] == max(1, os.cpu_count() // 2)  # two workers share the cores
     assert "| run | bidirectional | pooling |" in (sweep_dir / "summary.md").read_text()
@@ -205,3 +210,159 @@ def test_every_exercise_runs_on_the_sample(tmp_path):
     for name in names:
         metrics = json.loads((sweep_dir / name / "metrics.json").read_text())
         assert metrics["n_train_reviews"] == 100, name
+
+
+# --------------------------------------------------------------------------- scheduler address and TLS
+
+
+@pytest.fixture
+def cert_files(tmp_path):
+    """Three files standing for the CA, the certificate and its key (only their presence is checked here)."""
+    files = {"tls_ca_file": tmp_path / "ca.pem", "tls_cert": tmp_path / "cluster.pem",
+             "tls_key": tmp_path / "cluster-key.pem"}
+    for path in files.values():
+        path.write_text("-----BEGIN PLACEHOLDER-----\n")
+    return {name: str(path) for name, path in files.items()}
+
+
+def test_a_tls_scheduler_gets_a_security_with_the_clusters_certificates(cert_files):
+    security = sweep.scheduler_security("tls://10.1.2.3:8786", **cert_files)
+    assert security.require_encryption is True
+    assert (security.tls_ca_file, security.tls_client_cert, security.tls_client_key) == (
+        cert_files["tls_ca_file"], cert_files["tls_cert"], cert_files["tls_key"])
+    assert sweep.scheduler_security("tcp://127.0.0.1:8786") is None
+
+
+@pytest.mark.parametrize("scheduler, given, message", [
+    ("tls://host:8786", (), "is tls://, which needs the cluster's certificate files: --tls-ca-file, --tls-cert "
+                            "missing"),
+    ("tls://host:8786", ("tls_ca_file", "tls_key"), "--tls-cert missing"),
+    ("tcp://host:8786", ("tls_ca_file", "tls_cert", "tls_key"),
+     "--tls-ca-file, --tls-cert, --tls-key given, but the scheduler address tcp://host:8786 is plain tcp://"),
+    ("host:8786", ("tls_cert",), "--tls-cert given, but the scheduler address host:8786 is plain tcp://"),
+    ("ws://host:8786", (), "must start with tls://"),
+])
+def test_scheduler_options_that_do_not_fit_are_refused_by_name(cert_files, scheduler, given, message):
+    with pytest.raises(sweep.SweepError, match=re.escape(message)):
+        sweep.scheduler_security(scheduler, **{name: cert_files[name] for name in given})
+
+
+def test_a_missing_certificate_file_is_named(cert_files, tmp_path):
+    with pytest.raises(sweep.SweepError, match=re.escape(f"--tls-key {tmp_path / 'nope.pem'}: no such file")):
+        sweep.scheduler_security("tls://host:8786", **{**cert_files, "tls_key": str(tmp_path / "nope.pem")})
+
+
+@pytest.mark.parametrize("scheduler, warns", [
+    ("tcp://10.0.0.7:8786", True), ("tcp://node12.cluster:8786", True), ("node12:8786", True),
+    ("tcp://127.0.0.1:8786", False), ("tcp://localhost:8786", False), ("tcp://[::1]:8786", False),
+    ("tls://10.0.0.7:8786", False),
+])
+def test_a_plain_tcp_scheduler_on_another_host_gets_a_warning(scheduler, warns):
+    warning = sweep.plain_tcp_warning(scheduler)
+    assert (warning is not None) == warns
+    if warns:
+        assert "must stay on a trusted network or on localhost" in warning
+        assert "anyone who can reach it can run code on every worker" in warning
+
+
+def test_the_cli_passes_the_certificates_to_the_dask_client_and_warns_about_plain_tcp(tmp_path, monkeypatch, capsys,
+                                                                                      cert_files):
+    spec = write_spec(tmp_path, {"grid": {"hidden_dim": [8]}})
+    monkeypatch.setattr(sweep, "notebook_parameters", lambda: dict.fromkeys(NAMES))
+    calls = []
+    monkeypatch.setattr(sweep, "dask_runs", lambda scheduler, *args, security=None, **kwargs:
+                        calls.append((scheduler, security)) or [])
+    runs = ["--runs-dir", str(tmp_path / "runs")]
+    assert sweep.main([str(spec), *runs, "--scheduler", "tls://10.0.0.7:8786", "--tls-ca-file",
+                       cert_files["tls_ca_file"], "--tls-cert", cert_files["tls_cert"], "--tls-key",
+                       cert_files["tls_key"]]) == 0
+    (scheduler, security), = calls
+    assert scheduler == "tls://10.0.0.7:8786" and security.tls_client_cert == cert_files["tls_cert"]
+    assert "warning" not in capsys.readouterr().out
+    calls.clear()
+    assert sweep.main([str(spec), *runs, "--scheduler", "tcp://10.0.0.7:8786"]) == 0
+    assert calls == [("tcp://10.0.0.7:8786", None)]
+    assert "must stay on a trusted network or on localhost" in capsys.readouterr().out
+    for arguments, message in [
+        (["--scheduler", "tls://10.0.0.7:8786"], "--tls-ca-file, --tls-cert missing"),
+        (["--scheduler", "tcp://10.0.0.7:8786", "--tls-cert", cert_files["tls_cert"]], "is plain tcp://"),
+        (["--tls-ca-file", cert_files["tls_ca_file"]], "--tls-ca-file need a tls:// --scheduler"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            sweep.main([str(spec), *runs, *arguments])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert len(calls) == 1  # none of the refused ones went on to the cluster
+
+
+def test_make_sweep_passes_scheduler_and_certificates_through():
+    done = subprocess.run(["make", "-n", "sweep", "SWEEP=sweeps/smoke.yaml", "SCHEDULER=tls://host:8786",
+                           "TLS_CA_FILE=certs/ca.pem", "TLS_CERT=certs/cluster.pem", "TLS_KEY=certs/cluster-key.pem"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    command = " ".join(done.stdout.split("sweeps/sweep.py", 1)[1].replace("\\\n", " ").split())
+    assert command == ('sweeps/smoke.yaml --jobs 1 --scheduler tls://host:8786 --tls-ca-file "certs/ca.pem" '
+                       '--tls-cert "certs/cluster.pem" --tls-key "certs/cluster-key.pem"')
+    plain = subprocess.run(["make", "-n", "sweep", "SWEEP=sweeps/smoke.yaml"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout
+    assert "--tls" not in plain and "--scheduler" not in plain
+
+
+# --------------------------------------------------------------------------- checkpoints from workers
+
+
+class CreatesAFile:
+    """Unpickling this calls open(marker, "w"): code from the file runs, and leaves a trace."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def malicious_run_files(marker, weights_name):
+    """What a malicious worker could send for a run: plausible results, and a checkpoint that is a crafted pickle."""
+    return {"metrics.json": json.dumps({"test_accuracy": 0.9, "best_valid_acc": 0.9, "best_valid_loss": 0.3,
+                                        "best_epoch": 1, "training_seconds": 1.0,
+                                        "history": {"epoch": [1], "valid_loss": [0.3], "valid_acc": [0.9]}}).encode(),
+            f"checkpoint/{weights_name}": pickle.dumps({"embedding.weight": CreatesAFile(marker)}),
+            "checkpoint/vocab.json": b'["<pad>", "<unk>", "good"]', "checkpoint/config.json": b'{"max_length": 20}'}
+
+
+def test_the_crafted_pickle_runs_code_when_unpickled(tmp_path):
+    # Guards the test below: its payload would leave the marker if anything unpickled it.
+    pickle.loads(malicious_run_files(tmp_path / "marker", "weights.pt")["checkpoint/weights.pt"])  # noqa: S301
+    assert (tmp_path / "marker").exists()
+
+
+@pytest.mark.parametrize("weights_name, error, message", [
+    ("weights.pt", helpers.UntrustedCheckpointError, "holds weights.pt, torch's pickle format"),
+    ("weights.safetensors", ValueError, "weights.safetensors is not a readable safetensors file"),
+])
+def test_a_pickled_checkpoint_fetched_from_a_worker_is_refused_and_never_unpickled(tmp_path, monkeypatch, weights_name,
+                                                                                  error, message):
+    """A worker's files land in runs/<sweep>/<run>/ as sent; loading the checkpoint refuses the pickle."""
+    marker = tmp_path / "marker"
+    files = malicious_run_files(marker, weights_name)
+    spec = write_spec(tmp_path, {"runs": [{"name": "evil"}]}, name="fetched")
+
+    def malicious_dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints=False, log=print, **kwargs):
+        assert fetch_checkpoints
+        for name in todo:  # as dask_runs does with a worker's result
+            sweep.land(sweep_dir, name, files)
+            yield name, None, 1.0
+
+    monkeypatch.setattr(sweep, "dask_runs", malicious_dask_runs)
+    sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", valid_names=NAMES, log=lambda *a: None,
+                                        scheduler="tcp://127.0.0.1:8786", fetch_checkpoints=True)
+    checkpoint = sweep_dir / "evil" / "checkpoint"
+    assert failed == [] and (checkpoint / weights_name).read_bytes() == files[f"checkpoint/{weights_name}"]
+    with pytest.raises(error, match=re.escape(message)):
+        helpers.load_checkpoint(checkpoint)
+    # Summaries read metrics.json only: rewriting them leaves the checkpoint alone too.
+    assert sweep.main([str(spec), "--runs-dir", str(tmp_path / "runs"), "--summary-only"]) == 0
+    assert not marker.exists()
+
+
+def test_the_sweep_runner_itself_never_unpickles_anything():
+    source = (REPO / "sweeps" / "sweep.py").read_text(encoding="utf-8")
+    assert not re.search(r"torch\.load|pickle\.loads?\(|load_checkpoint|read_weights|joblib|numpy\.load", source)

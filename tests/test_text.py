@@ -59,6 +59,44 @@ def test_stratified_split_is_balanced_disjoint_complete_and_seeded():
     assert helpers.stratified_split(labels, 0.25, seed=4) != (train, valid)
 
 
+def _check_subset(indices, labels, size, seed=0):
+    subset = helpers.stratified_subset(indices, labels, size, seed)
+    assert len(subset) == size  # exactly size, whatever the rounding
+    assert len(set(subset)) == size and set(subset) <= set(indices) and subset == sorted(subset)
+    split_labels = np.asarray(labels)[indices]
+    for label in np.unique(split_labels):
+        exact_share = size * np.mean(split_labels == label)
+        assert abs(sum(labels[i] == label for i in subset) - exact_share) < 1  # within one of its share
+    return subset
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 99, 100, 101, 177, 199])
+def test_stratified_subset_of_a_balanced_split_has_exactly_size_reviews_balanced_within_one(size):
+    labels = [0, 1] * 150
+    indices = list(range(0, 300, 3)) + list(range(1, 300, 3)) + list(range(2, 200, 3))  # 200 of each label
+    _check_subset(sorted(indices), labels, size)
+
+
+@pytest.mark.parametrize("size", [1, 7, 10, 33, 101, 250, 299, 300])
+def test_stratified_subset_of_an_unbalanced_split_keeps_the_shares_within_one(size):
+    labels = [1] * 210 + [0] * 90 + [2] * 7  # three labels, 70%, 30% and a handful
+    _check_subset(list(range(300)), labels, size)
+    _check_subset(list(range(307)), labels, min(size, 307))
+
+
+def test_stratified_subset_is_seeded():
+    labels = [0, 1] * 100
+    first = helpers.stratified_subset(range(200), labels, 101, seed=5)
+    assert helpers.stratified_subset(range(200), labels, 101, seed=5) == first
+    assert helpers.stratified_subset(range(200), labels, 101, seed=6) != first
+
+
+@pytest.mark.parametrize("size", [201, -1])
+def test_stratified_subset_refuses_a_size_it_cannot_give_naming_the_parameter(size):
+    with pytest.raises(ValueError, match=rf"train_size={size}\b.*200 training reviews"):
+        helpers.stratified_subset(range(200), [0, 1] * 100, size, seed=0)
+
+
 def test_pad_batch_pads_at_the_end_and_returns_lengths():
     tokens, lengths = helpers.pad_batch([[5, 6, 7], [8]])
     assert tokens.tolist() == [[5, 6, 7], [8, 0, 0]]

@@ -73,6 +73,34 @@ def test_the_training_step_learns_the_toy_task():
     assert all(0 <= share <= 1 for share in clipped)
 
 
+class GradientRecordingAdam(torch.optim.Adam):
+    """Adam that records the length of the whole gradient each step is about to take."""
+
+    def __init__(self, params, **kwargs):
+        params = list(params)
+        super().__init__(params, **kwargs)
+        self.params, self.norms = params, []
+
+    def step(self, closure=None):
+        self.norms.append(torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None])).item())
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("adversarial_epsilon", [0.0, 1.0])
+@pytest.mark.parametrize("clip_norm", [1e-3, 0.05])
+def test_the_notebooks_training_step_clips_its_models_gradient_to_clip_norm(clip_norm, adversarial_epsilon):
+    space = namespace("train_epoch", "adversarial_backward")
+    model = sentiment_lstm(vocab_size=20, dropout=0.2, embedding_dropout=0.2).train()
+    optimizer = GradientRecordingAdam(model.parameters(), lr=0.02)
+    train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=0)
+    _, _, clipped = space["train_epoch"](model, train, optimizer, torch.nn.BCEWithLogitsLoss(), clip_norm, "cpu",
+                                         adversarial_epsilon)
+    assert len(optimizer.norms) == len(train) and clipped > 0  # these gradients were longer than clip_norm
+    assert max(optimizer.norms) <= clip_norm * (1 + 1e-4)  # no step is taken with a longer one
+    assert sum(norm >= clip_norm * 0.999 for norm in optimizer.norms) >= clipped * len(train)  # scaled, not zeroed
+
+
 def test_two_trainings_with_one_seed_match_exactly():
     assert _train(seed=3)[1] == _train(seed=3)[1]
 
@@ -100,7 +128,7 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epochs_weights(t
         if stopper.should_stop:
             break
     assert (epoch, stopper.best_epoch, stopper.best_loss) == (4, 2, 0.7)
-    saved = torch.load(tmp_path / "ck" / "weights.pt", weights_only=True)
+    saved = helpers.read_weights(tmp_path / "ck")
     assert saved["fc.bias"].item() == 2.0
     assert all(torch.equal(saved[k], best_weights[k]) for k in best_weights)
 
@@ -140,7 +168,7 @@ def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
     assert space["interrupted"] and space["history"]["epoch"] == [1, 2]
     assert len(space["history"]["seconds"]) == 2  # one entry per epoch, not a total
     exec(cell_containing("elif stopper.best_epoch == 0"), space)  # noqa: S102 - goes on with the best checkpoint
-    assert (tmp_path / "checkpoint" / "weights.pt").exists()
+    assert (tmp_path / "checkpoint" / "weights.safetensors").exists()
 
 
 @pytest.mark.parametrize("best, last, size, expected", [
@@ -162,8 +190,7 @@ def test_averaging_window_rejects_what_is_no_window(best, last, size, message):
 
 def test_the_final_model_averages_the_weights_of_the_epochs_around_the_best(tmp_path):
     space = _run_training_cell(tmp_path, helpers.BucketBatches(*_toy_data(), 8, shuffle=True), n_epochs=4, patience=4)
-    saved = [torch.load(tmp_path / "epoch_weights" / f"epoch_{e}" / "weights.pt", weights_only=True)
-             for e in (1, 2, 3, 4)]
+    saved = [helpers.read_weights(tmp_path / "epoch_weights" / f"epoch_{e}") for e in (1, 2, 3, 4)]
     assert not torch.equal(saved[0]["fc.weight"], saved[3]["fc.weight"])  # training moved the weights
     best = space["stopper"].best_epoch
     exec(cell_defining("averaged_weights"), space)  # noqa: S102
@@ -175,7 +202,7 @@ def test_the_final_model_averages_the_weights_of_the_epochs_around_the_best(tmp_
     epochs = helpers.averaging_window(best, 4, 3)
     assert space["final_epochs"] == epochs
     expected = {k: sum(saved[e - 1][k] for e in epochs) / 3 for k in saved[0]}
-    kept = torch.load(tmp_path / "checkpoint" / "weights.pt", weights_only=True)
+    kept = helpers.read_weights(tmp_path / "checkpoint")
     assert all(torch.allclose(kept[k], expected[k]) for k in expected)
     assert not torch.allclose(kept["fc.weight"], saved[best - 1]["fc.weight"])  # not the best epoch alone
     assert space["final_valid_loss"] == space["evaluate"](space["model"], space["valid_batches"],

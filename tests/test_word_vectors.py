@@ -1,11 +1,16 @@
 """Word vectors from co-occurrence counts: counting, PPMI, the SVD and the whole pipeline."""
 
+import collections
+import itertools
 import random
+import time
 
+import numpy as np
 import pytest
 import torch
 
 import helpers
+from notebook_code import cell_containing
 
 
 def dense(matrix):
@@ -125,3 +130,83 @@ def test_counting_in_chunks_gives_exactly_the_counts_of_counting_in_one_go():
                 expected[i, j] += 1 / (position_b - position_a)
                 expected[j, i] += 1 / (position_b - position_a)
     assert torch.allclose(one_go.to_dense(), expected, rtol=1e-12, atol=0)
+
+
+# --------------------------------------------------------------------------- no leakage, in the notebook's own cells
+
+NOTEBOOK_DATA_CELLS = ('helpers.read_imdb(data_root, "train")', "train_tokens = [", "helpers.stratified_split(",
+                       "helpers.build_vocab(", "helpers.pretrain_word_vectors(")
+
+
+def _marked_imdb(root):
+    """An IMDB-like folder: every review carries a word of its own (twice, to pass min_freq) naming where it is.
+
+    Every review also holds words all splits share, in orders of its own, so that counting the
+    pairs of a review that should not be counted changes the shared words' counts too.
+    """
+    shared = ["film", "plot", "cast", "story", "acting", "music", "ending", "script"]  # the notebook shows 12 words
+    for split, folder, n in (("train", "pos", 6), ("train", "neg", 6), ("test", "pos", 3), ("test", "neg", 3),
+                             ("train", "unsup", 4)):
+        (root / split / folder).mkdir(parents=True)
+        for i in range(n):
+            words = shared[i:] + shared[:i]
+            if split == "test" or folder == "unsup":
+                words = words[::-1]
+            marker = f"{split}{folder}{i}word"
+            (root / split / folder / f"{i}_7.txt").write_text(f"{marker} {' '.join(words)} {marker}<br />",
+                                                              encoding="utf-8")
+    return root
+
+
+def _run_the_notebooks_data_cells(tmp_path, monkeypatch, **parameters):
+    """Execute the notebook's cells that read the data, split it, build the vocabulary and pretrain the vectors.
+
+    Returns their namespace and the id lists the co-occurrence counting was given.
+    """
+    monkeypatch.setattr(helpers, "SAMPLE_DIR", _marked_imdb(tmp_path / "aclImdb"))
+    counted = []
+    real_counting = helpers.cooccurrence_matrix
+
+    def recording_counting(id_lists, *args, **kwargs):
+        counted.extend(np.asarray(ids).tolist() for ids in id_lists)
+        return real_counting(id_lists, *args, **kwargs)
+
+    monkeypatch.setattr(helpers, "cooccurrence_matrix", recording_counting)
+    space = {"helpers": helpers, "np": np, "time": time, "itertools": itertools, "use_sample": True,
+             "imdb_archive": "", "valid_fraction": 1 / 3, "train_size": 0, "seed": 0, "init_checkpoint": "",
+             "min_freq": 2, "max_vocab_size": 1000, "pretrain_embeddings": True, "embedding_dim": 3,
+             "word_vector_window": 2, "ppmi_context_power": 0.75, **parameters}
+    for text in NOTEBOOK_DATA_CELLS:
+        exec(cell_containing(text), space)  # noqa: S102 - the notebook's own cells
+    return space, counted
+
+
+def test_the_notebooks_vocabulary_holds_the_training_splits_words_only(tmp_path, monkeypatch):
+    space, _ = _run_the_notebooks_data_cells(tmp_path, monkeypatch)
+    train_idx, valid_idx = space["train_idx"], space["valid_idx"]
+    assert len(train_idx) == 8 and len(valid_idx) == 4 and not set(train_idx) & set(valid_idx)
+    in_training = collections.Counter(token for i in train_idx for token in space["train_tokens"][i])
+    expected = {token for token, count in in_training.items() if count >= 2} | {"<pad>", "<unk>"}
+    vocabulary = set(space["vocab"].get_itos())
+    assert vocabulary == expected
+    marked = {token for tokens in space["train_tokens"] + space["test_tokens"] for token in tokens
+              if token.endswith("word")}
+    assert len(marked) == 18 and sum(token.startswith("trainneg") or token.startswith("trainpos")
+                                     for token in vocabulary) == 8  # each training review's own word, no other
+
+
+def test_the_notebooks_word_vectors_count_training_and_unlabelled_reviews_only(tmp_path, monkeypatch):
+    space, counted = _run_the_notebooks_data_cells(tmp_path, monkeypatch)
+    vocab = space["vocab"]
+    unlabelled = [helpers.tokenize(text) for text in helpers.read_unlabelled(space["data_root"])]
+    expected = [vocab.lookup_indices(space["train_tokens"][i]) for i in space["train_idx"]]
+    expected += [vocab.lookup_indices(tokens) for tokens in unlabelled]
+    assert counted == expected  # the training split's reviews, then the unlabelled ones: no validation or test review
+    assert space["word_vectors"].shape == (len(vocab), 3)
+
+
+def test_the_notebooks_training_subset_has_exactly_train_size_reviews(tmp_path, monkeypatch):
+    space, counted = _run_the_notebooks_data_cells(tmp_path, monkeypatch, train_size=5)
+    assert len(space["train_idx"]) == 5 and set(space["train_idx"]) <= set(range(12)) - set(space["valid_idx"])
+    assert abs(sum(space["train_labels"][i] for i in space["train_idx"]) - 2.5) < 1
+    assert len(counted) == 5 + 4

@@ -1,0 +1,116 @@
+"""Predictions land on their own reviews, and a file of reviews is read line by line as written."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import helpers
+from notebook_code import cell_containing, namespace
+
+torch.set_num_threads(1)
+
+WORDS = "great awful film plot acting boring superb dull cast story".split()
+
+
+def notebook_model(vocab_size):
+    """The notebook's own SentimentLSTM, small, with dropout off."""
+    config = dict(vocab_size=vocab_size, embedding_dim=6, hidden_dim=5, n_layers=1, bidirectional=True,
+                  embedding_dropout=0.0, dropout=0.0, pooling="max", pad_index=0)
+    torch.manual_seed(0)
+    return namespace("SentimentLSTM")["SentimentLSTM"](**config).eval()
+
+
+def shuffled_reviews(n=13, seed=0):
+    """Reviews of 1 to 3n words in an order that is neither sorted by length nor its reverse."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.permutation(np.arange(1, 3 * n + 1, 3))[:n]
+    reviews = [" ".join(rng.choice(WORDS, size=length)) for length in lengths]
+    order = np.argsort([len(r.split()) for r in reviews], kind="stable")
+    assert not np.array_equal(order, np.arange(n)) and not np.array_equal(order, np.arange(n)[::-1])
+    return reviews
+
+
+@pytest.fixture
+def vocab():
+    return helpers.build_vocab([WORDS])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_each_probability_is_the_one_its_review_gets_alone_whatever_the_order(vocab, batch_size):
+    model = notebook_model(len(vocab))
+    reviews = shuffled_reviews()
+    together = helpers.predict_proba(model, reviews, vocab, 50, "cpu", batch_size=batch_size)
+    alone = np.array([helpers.predict_proba(model, [review], vocab, 50, "cpu")[0] for review in reviews])
+    assert len(np.unique(alone.round(6))) == len(reviews)  # distinct, so a mix-up cannot go unseen
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+
+
+def test_predict_logits_puts_each_batchs_logits_back_in_the_examples_order(vocab):
+    model = notebook_model(len(vocab))
+    ids = [helpers.numericalize(helpers.tokenize(review), vocab, 50) for review in shuffled_reviews(seed=1)]
+    batches = helpers.BucketBatches(ids, [0] * len(ids), batch_size=4)  # evaluation batches, sorted by length
+    assert [i for idx in batches.batch_indices() for i in idx] != list(range(len(ids)))
+    logits = helpers.predict_logits(model, batches, "cpu")
+    with torch.no_grad():
+        alone = [model(torch.as_tensor(x, dtype=torch.long)[None], torch.tensor([len(x)])).item() for x in ids]
+    np.testing.assert_allclose(logits, alone, rtol=0, atol=1e-6)
+
+
+def test_predict_logits_refuses_batches_that_leave_an_example_out(vocab):
+    class DropsTheFirst(helpers.BucketBatches):
+        def batch_indices(self):
+            return [idx[idx != 0] for idx in super().batch_indices()]
+
+    batches = DropsTheFirst([[2, 3], [4], [5, 6, 7]], [0, 0, 0], batch_size=2)
+    with pytest.raises(RuntimeError, match="1 of 3 examples without a logit"):
+        helpers.predict_logits(notebook_model(len(vocab)), batches, "cpu")
+
+
+# --------------------------------------------------------------------------- the review file
+
+
+def write_lines(path, text):
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def test_nel_and_unicode_line_separators_stay_inside_their_review(tmp_path):
+    reviews = ["Loved it\x85 truly\x85 a gem.", "Dull\u2028and long\u2029and loud.",
+               "Odd\x0bbreaks\x0cand\x1cseparators", "A lone\rcarriage return stays."]
+    path = write_lines(tmp_path / "reviews.txt", "\n".join(reviews) + "\n")
+    assert helpers.read_review_file(path) == (reviews, [1, 2, 3, 4], [])
+
+
+def test_crlf_line_ends_are_removed_and_a_missing_final_newline_loses_nothing(tmp_path):
+    path = write_lines(tmp_path / "reviews.txt", "good one\r\n\r\nbad\x85one\r\nlast one")
+    assert helpers.read_review_file(path) == (["good one", "bad\x85one", "last one"], [1, 3, 4], [2])
+
+
+def test_a_line_with_no_words_is_skipped_and_listed_and_the_others_are_kept(tmp_path):
+    text = "first review\n\x85\nsecond review\n<br /><br />\n\u2028 \t\nthird\x85review\n\n"
+    path = write_lines(tmp_path / "reviews.txt", text)
+    assert helpers.read_review_file(path) == (["first review", "second review", "third\x85review"], [1, 3, 6],
+                                              [2, 4, 5, 7])
+
+
+def test_a_file_of_lines_without_words_holds_no_review(tmp_path):
+    path = write_lines(tmp_path / "reviews.txt", "\x85\n<br />\n\u2028\n")
+    with pytest.raises(ValueError, match="holds no review"):
+        helpers.read_review_file(path)
+
+
+def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_line_numbers(tmp_path, vocab, capsys):
+    reviews = ["great film\x85 superb cast", "awful\u2028boring plot", "dull story"]
+    path = write_lines(tmp_path / "reviews.txt", f"{reviews[0]}\n\x85\n{reviews[1]}\n\n{reviews[2]}\n")
+    model = notebook_model(len(vocab))
+    space = {"helpers": helpers, "predict_file": str(path), "model": model, "vocab": vocab, "max_length": 50,
+             "device": "cpu", "run_dir": tmp_path}
+    exec(cell_containing("helpers.read_review_file("), space)  # noqa: S102 - the notebook's own cell
+    with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(row["line"]), row["review"]) for row in rows] == list(zip([1, 3, 5], reviews, strict=True))
+    expected = helpers.predict_proba(model, reviews, vocab, 50, "cpu")
+    np.testing.assert_allclose([float(row["prob_positive"]) for row in rows], expected, atol=1e-6)
+    assert "3 predictions" in capsys.readouterr().out
