@@ -294,15 +294,22 @@ def test_the_cli_passes_the_certificates_to_the_dask_client_and_warns_about_plai
     assert len(calls) == 1  # none of the refused ones went on to the cluster
 
 
+def make_dry_run(*arguments):
+    """What `make -n` would run, printed alone: when make itself runs the tests, the make below
+    inherits MAKELEVEL and would add "Leaving directory" lines, so the environment drops it."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "--no-print-directory", "-n", *arguments], cwd=REPO, env=environment,
+                          capture_output=True, text=True, check=True).stdout
+
+
 def test_make_sweep_passes_scheduler_and_certificates_through():
-    done = subprocess.run(["make", "-n", "sweep", "SWEEP=sweeps/smoke.yaml", "SCHEDULER=tls://host:8786",
-                           "TLS_CA_FILE=certs/ca.pem", "TLS_CERT=certs/cluster.pem", "TLS_KEY=certs/cluster-key.pem"],
-                          cwd=REPO, capture_output=True, text=True, check=True)
-    command = " ".join(done.stdout.split("sweeps/sweep.py", 1)[1].replace("\\\n", " ").split())
+    done = make_dry_run("sweep", "SWEEP=sweeps/smoke.yaml", "SCHEDULER=tls://host:8786",
+                        "TLS_CA_FILE=certs/ca.pem", "TLS_CERT=certs/cluster.pem", "TLS_KEY=certs/cluster-key.pem")
+    command = " ".join(done.split("sweeps/sweep.py", 1)[1].replace("\\\n", " ").split())
     assert command == ('sweeps/smoke.yaml --jobs 1 --scheduler tls://host:8786 --tls-ca-file "certs/ca.pem" '
                        '--tls-cert "certs/cluster.pem" --tls-key "certs/cluster-key.pem"')
-    plain = subprocess.run(["make", "-n", "sweep", "SWEEP=sweeps/smoke.yaml"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout
+    plain = make_dry_run("sweep", "SWEEP=sweeps/smoke.yaml")
     assert "--tls" not in plain and "--scheduler" not in plain
 
 
