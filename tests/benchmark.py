@@ -19,6 +19,11 @@ It measures, in this process, with the notebook's default parameters:
   the full data, in a fresh kernel: the step that needed the most memory (skipped, with a
   message, when the full data is not at hand: set IMDB_ARCHIVE or run the notebook once);
 
+- the two stacks side by side (`.venv`, the pinned torch 2.3.1, and `.venv-current`, torch
+  2.13 without torchtext, where each is installed): the training-step and predict_review figures
+  above, measured in a child process of each stack's Python, the stacks taking turns round by
+  round so that both see the same machine;
+
 and it reads, from the committed notebook (a complete papermill run) and its metrics.json,
 the wall time of each notebook section and the run's peak memory. It prints a table and
 writes everything as JSON. The other figures need only the bundled sample: the model's code
@@ -199,6 +204,61 @@ def prediction_speed(cells, namespace, p, vocab, device, n_calls):
             "batch_reviews": len(texts), "batch_reviews_per_s": len(texts) / seconds}
 
 
+STACKS = {"pinned": REPO / ".venv", "current": REPO / ".venv-current"}  # as `make install [STACK=current]` makes them
+
+
+def stack_probe(n_steps, n_calls):
+    """The training-step and predict_review figures in this interpreter, as `--stack-probe` prints them."""
+    helpers.set_seed(0)
+    helpers.flush_denormal_floats()
+    device = torch.device("cpu")  # one device for both stacks, whatever else the machine has
+    cells, params = notebook_cells(), default_parameters()
+    definitions = namespace("SentimentLSTM", "train_epoch")
+    vocab = sample_vocab(params["max_vocab_size"])
+    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "torchtext": helpers.torchtext.__version__, "torch_threads": torch.get_num_threads(),
+            "training": training_throughput(definitions, params, vocab, device, n_steps),
+            "prediction": prediction_speed(cells, definitions, params, vocab, device, n_calls)}
+
+
+def compare_stacks(n_steps, n_calls, rounds=2):
+    """Each installed stack's probe, in a child process of its own Python, the stacks taking turns.
+
+    The machine's load drifts over minutes; alternating pinned, current, pinned, current lets
+    the drift hit both alike. Figures are the mean over the rounds.
+    """
+    pythons = {name: venv / "bin" / "python" for name, venv in STACKS.items()}
+    missing = [f"{name} ({venv.name})" for name, venv in STACKS.items() if not pythons[name].exists()]
+    if missing:
+        return {"skipped": f"not installed: {', '.join(missing)}; `make install` and `make install STACK=current` "
+                           "make both"}
+    probes = {name: [] for name in STACKS}
+    for _ in range(rounds):
+        for name, python in pythons.items():
+            command = [str(python), str(Path(__file__).resolve()), "--stack-probe", "--steps", str(n_steps),
+                       "--calls", str(n_calls)]
+            result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+            if result.returncode != 0:
+                raise RuntimeError(f"the {name} stack's probe failed:\n{result.stderr[-3000:]}")
+            probes[name].append(json.loads(result.stdout.strip().splitlines()[-1]))
+    summary = {}
+    for name, runs in probes.items():
+        first = runs[0]
+        summary[name] = {key: first[key] for key in ("torch", "numpy", "python", "torchtext", "torch_threads")}
+        summary[name]["rounds"] = len(runs)
+        summary[name]["training_tokens_per_s"] = float(np.mean([r["training"]["notebook_tokens_per_s"] for r in runs]))
+        summary[name]["training_tokens_per_s_by_seq_len"] = {
+            str(shape["seq_len"]): float(np.mean([r["training"]["shapes"][i]["notebook_tokens_per_s"] for r in runs]))
+            for i, shape in enumerate(first["training"]["shapes"])}
+        for key in ("latency_median_ms", "latency_1_thread_median_ms", "batch_reviews_per_s"):
+            summary[name][key] = float(np.mean([r["prediction"][key] for r in runs]))
+        summary[name]["each_round"] = [{"training_tokens_per_s": r["training"]["notebook_tokens_per_s"],
+                                        "latency_median_ms": r["prediction"]["latency_median_ms"]} for r in runs]
+    summary["current_over_pinned_training"] = (summary["current"]["training_tokens_per_s"]
+                                               / summary["pinned"]["training_tokens_per_s"])
+    return summary
+
+
 PREPROCESSING_LAST_CELL = "helpers.pretrain_word_vectors("  # the memory step runs the notebook up to this cell
 MEMORY_PROBE = """import json
 print(json.dumps({"peak_memory": helpers.peak_memory_mib(device), "vocab_size": len(vocab),
@@ -288,6 +348,17 @@ def print_table(result):
     rows.append((f"predict_review, {q['review_words']} words, 1 thread",
                  f"median {q['latency_1_thread_median_ms']:.2f} ms, p95 {q['latency_1_thread_p95_ms']:.2f} ms"))
     rows.append((f"batch prediction, {q['batch_reviews']} reviews", f"{q['batch_reviews_per_s']:,.0f} reviews/s"))
+    stacks = result.get("stacks", {})
+    if "skipped" in stacks:
+        rows.append(("the two stacks", f"skipped: {stacks['skipped']}"))
+    elif stacks:
+        for name in STACKS:
+            s = stacks[name]
+            rows.append((f"{name} stack: torch {s['torch']}, numpy {s['numpy']}",
+                         f"train step {s['training_tokens_per_s']:,.0f} tok/s, predict_review median "
+                         f"{s['latency_median_ms']:.2f} ms (1 thread {s['latency_1_thread_median_ms']:.2f} ms), "
+                         f"batch {s['batch_reviews_per_s']:,.0f} reviews/s"))
+        rows.append(("current over pinned, train step", f"{stacks['current_over_pinned_training']:.2f}"))
     m = result["preprocessing_memory"]
     if "skipped" in m:
         rows.append(("preprocessing and word vectors, full data", f"skipped: {m['skipped']}"))
@@ -315,7 +386,14 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=200, help="timed predict_review calls")
     parser.add_argument("--imdb-archive", default=os.environ.get("IMDB_ARCHIVE", ""),
                         help="aclImdb_v1.tar.gz for the full-data memory step (default: $IMDB_ARCHIVE)")
+    parser.add_argument("--stack-probe", action="store_true",
+                        help="only print this stack's training and prediction figures as one JSON line (used by "
+                             "the side-by-side of the two stacks)")
+    parser.add_argument("--no-stacks", action="store_true", help="leave out the side-by-side of the two stacks")
     args = parser.parse_args(argv)
+    if args.stack_probe:
+        print(json.dumps(stack_probe(args.steps, args.calls)))
+        return
 
     helpers.set_seed(0)
     helpers.flush_denormal_floats()  # as the notebook's setup does
@@ -329,6 +407,7 @@ def main(argv=None):
     result["training"] = training_throughput(definitions, params, vocab, device, args.steps)
     result["packing"] = packing_cost(params, device)
     result["prediction"] = prediction_speed(cells, definitions, params, vocab, device, args.calls)
+    result["stacks"] = {"skipped": "--no-stacks"} if args.no_stacks else compare_stacks(args.steps, args.calls)
     result["preprocessing_memory"] = preprocessing_memory(args.imdb_archive)
     result["section_seconds"] = section_times(cells)
     result["committed_run"] = committed_run()

@@ -26,6 +26,20 @@ def test_integrated_gradients_have_one_finite_score_per_token_and_are_complete(p
     assert contributions.sum() == pytest.approx(logit - baseline_logit, abs=0.01 * max(1, abs(logit)))
 
 
+def test_integrated_gradients_in_parts_match_them_in_one_go():
+    # A long review's 65 points of the path go through in parts of at most max_tokens tokens; every point's
+    # gradient is its own, so the contributions and the two logits must not change (7 tokens: parts of 1 to 65).
+    torch.manual_seed(2)
+    model = TinyModel(vocab_size=30, dim=6)
+    token_ids = [3, 17, 5, 9, 22, 4, 11]
+    whole = helpers.integrated_gradients(model, token_ids, "cpu", steps=64, max_tokens=10_000)
+    for max_tokens in (7, 30, 100):
+        contributions, logit, baseline_logit = helpers.integrated_gradients(model, token_ids, "cpu", steps=64,
+                                                                            max_tokens=max_tokens)
+        assert np.allclose(contributions, whole[0], atol=1e-6)
+        assert (logit, baseline_logit) == pytest.approx(whole[1:], abs=1e-6)
+
+
 def test_a_token_the_model_ignores_gets_no_credit():
     model = TinyModel(vocab_size=30, dim=6)
     with torch.no_grad():

@@ -192,24 +192,30 @@ def test_the_prose_of_the_strong_baseline_quotes_its_tables():
         return f"{min(values):.{digits}f}{unit} to {max(values):.{digits}f}{unit}"
 
     lstm_gap, _ = paired(column(runs, "ngram_test_acc"), column(runs, "lstm_test_acc"))
-    assert f"ahead on every seed, by {100 * lstm_gap:.2f} points on average" in text
-    assert all(float(r["ngram_test_acc"]) > float(r["lstm_test_acc"]) for r in runs)
+    ahead = sum(float(r["ngram_test_acc"]) > float(r["lstm_test_acc"]) for r in runs)
+    seeds_ahead = ("every seed" if ahead == len(runs)
+                   else f"{NUMBER_WORDS[ahead]} of the {NUMBER_WORDS[len(runs)]} seeds")
+    assert f"ahead on {seeds_ahead}, by {100 * lstm_gap:.2f} points on average" in text
     assert f"({span(column(runs, 'ngram_seconds'), 0)} s with its features)" in text
     assert f"they disagree on {span([100 * v for v in column(runs, 'test_disagreement')], 1)} % of the test" in text
     combined = column(runs, "combined_test_acc")
     assert f"{mean_sd(combined)} test accuracy over the three seeds" in text
     assert (statistics.fmean(combined) >= 0.925) == ("That meets the goal of issue 22" in text)
     below = [r for r in runs if float(r["combined_test_acc"]) < 0.925]
-    assert f"with one seed ({below[0]['seed']}, {float(below[0]['combined_test_acc']):.4f}) below it" in text
+    if below:
+        assert f"with one seed ({below[0]['seed']}, {float(below[0]['combined_test_acc']):.4f}) below it" in text
+    else:
+        assert "every seed at or above it" in text
     for a, b, words in (("combined", "ngram", "over the baseline"), ("combined", "lstm", "over the LSTM")):
         mean, _ = paired(column(runs, f"{a}_test_acc"), column(runs, f"{b}_test_acc"))
         assert f"{100 * mean:+.2f} points {words}" in text
     memory = [int(r["peak_memory_mib"]) for r in runs]
-    assert f"Peak memory was {min(memory):,} to {max(memory):,} MiB: **over the 2 GiB goal**" in text
-    assert min(memory) > 2048
-    minutes = {r["seed"]: f"{float(r['run_minutes']):.1f}" for r in runs}
-    assert f"seeds 42 and 2 took {minutes['42']} and {minutes['2']} minutes, within the 20" in text
-    assert f"seed 1 took {minutes['1']}" in text
+    verdict = "within the 2 GiB goal" if max(memory) <= 2048 else "**over the 2 GiB goal**"
+    assert f"Peak memory was {min(memory):,} to {max(memory):,} MiB: {verdict}" in text
+    minutes = [float(r["run_minutes"]) for r in runs]
+    within = "within the 20 of the goal" if max(minutes) <= 20 else "**over the 20 of the goal**"
+    assert f"the runs of seeds {', '.join(r['seed'] for r in runs[:-1])} and {runs[-1]['seed']} took " \
+           f"{', '.join(f'{m:.1f}' for m in minutes[:-1])} and {minutes[-1]:.1f} minutes, {within}" in text
     weights = {key: span(column(runs, key), 2) for key in ("lstm_weight", "ngram_weight")}
     assert f"({weights['lstm_weight']} for the LSTM, {weights['ngram_weight']} for the n-grams)" in text
     adopted = [r for r in cv if "adopted" in r["rule"]]
@@ -393,9 +399,10 @@ def test_the_ensemble_table_matches_its_runs():
                            f"{float(want['single_test_acc']):.4f}", want["members_valid_acc"],
                            f"{float(want['ensemble_valid_acc']):.4f}", f"{float(want['ensemble_valid_loss']):.4f}",
                            f"{float(want['ensemble_test_acc']):.4f}"], seed
-    # the default of seed 42 is the previous committed run, which the results section quotes
+    # the default of seed 42 is the committed run of that time, which "Toward 92 %" quotes
     previous = expected[str(METRICS["params"]["seed"])]
-    assert f"Seed 42 scored {float(previous['single_test_acc']):.4f} in the previous committed run" in README
+    assert (f"on an Intel Xeon ({float(previous['single_test_acc']):.4f}, " in README
+            and "seed 42 was the committed run of that time" in README)
     summary = [row for row in rows if not row[0].isdigit()]
     seeds = list(expected.values())
     assert summary == [["mean ± sd", *(mean_sd(column(seeds, key)) for key in (
@@ -414,8 +421,9 @@ def test_the_adversarial_table_matches_its_runs():
             "default_best_valid_acc", "default_valid_acc", "default_test_acc", "adversarial_best_valid_acc",
             "adversarial_valid_acc", "adversarial_valid_loss", "adversarial_test_acc")], row[0]
         assert want["adversarial_best_epoch"] == "3" and want["adversarial_averaged_epochs"] == "2 3"
-    previous = expected[str(METRICS["params"]["seed"])]  # the default of seed 42: the previous committed run
-    assert f"Seed 42 scored {float(previous['default_test_acc']):.4f} in the previous committed run" in README
+    previous = expected[str(METRICS["params"]["seed"])]  # the default of seed 42: the committed run of that time
+    assert (f"on an Intel Xeon ({float(previous['default_test_acc']):.4f}, " in README
+            and "seed 42 was the committed run of that time" in README)
 
 
 def test_the_prose_of_the_seeded_ablation_quotes_its_summary():
@@ -667,3 +675,38 @@ def test_run_it_elsewhere_installs_nothing_that_would_replace_the_kernels_torch(
     sources = ["".join(c["source"]) for c in committed_notebook()["cells"]]
     setup = next(source for source in sources if "import helpers" in source)
     assert "%cd" in text and "%cd" in setup
+
+
+def test_the_two_stacks_table_is_the_benchmarks():
+    stacks = benchmark()["stacks"]
+    rows = table_rows(section("### The two stacks side by side"))
+    expected = [[name, f"torch {s['torch']}, numpy {s['numpy']}, Python {s['python']}",
+                 f"{s['training_tokens_per_s']:,.0f} tokens/s",
+                 f"{s['latency_median_ms']:.2f} ms / {s['latency_1_thread_median_ms']:.2f} ms",
+                 f"{s['batch_reviews_per_s']:,.0f} reviews/s"]
+                for name, s in ((name, stacks[name]) for name in ("pinned", "current"))]
+    assert rows == expected
+    assert stacks["pinned"]["torchtext"] and stacks["current"]["torchtext"] is None  # each ran its own tokenizer
+    text = prose("### The two stacks side by side")
+    rounds = {name: " and ".join(f"{r['training_tokens_per_s']:,.0f}" for r in stacks[name]["each_round"])
+              for name in ("pinned", "current")}
+    assert f"{stacks['current_over_pinned_training']:.2f} times the pinned stack's" in text
+    assert f"(rounds: {rounds['pinned']} tokens/s for the pinned stack, {rounds['current']} for the current)" in text
+
+
+def test_the_prose_compares_the_whole_batches_with_the_parts_from_their_records():
+    """The runs before the training batches went in parts (figures/baseline_seeds_whole_batches.csv, written by
+    compare_baseline.py from the runs of that time) against today's, paired by seed."""
+    text = prose("## The strong baseline: NB-weighted n-grams, and the LSTM with them")
+    parts, whole = csv_list("baseline_seeds.csv"), csv_list("baseline_seeds_whole_batches.csv")
+    assert [r["seed"] for r in parts] == [r["seed"] for r in whole]
+    keys = ("lstm_test_acc", "combined_test_acc")
+    assert (f"gave the LSTM {mean_sd(column(whole, keys[0]))} and the combination "
+            f"{mean_sd(column(whole, keys[1]))} on the test reviews; trained in parts, "
+            f"{mean_sd(column(parts, keys[0]))} and {mean_sd(column(parts, keys[1]))}") in text
+    differences = [paired(column(parts, key), column(whole, key)) for key in keys]
+    within = all(abs(mean) <= 4.303 * se for mean, se in differences)
+    assert (f"paired by seed, {points(*differences[0], digits=2)} and {points(*differences[1], digits=2)} points, "
+            f"{'within noise' if within else 'beyond noise'}") in text
+    memory = [int(r["peak_memory_mib"]) for r in whole]
+    assert f"peaked at {min(memory):,} to {max(memory):,} MiB" in prose("### Memory")

@@ -101,6 +101,47 @@ def test_the_notebooks_training_step_clips_its_models_gradient_to_clip_norm(clip
     assert sum(norm >= clip_norm * 0.999 for norm in optimizer.norms) >= clipped * len(train)  # scaled, not zeroed
 
 
+def test_a_batch_trained_in_parts_takes_the_same_step_as_the_whole_batch():
+    # Without dropout the parts' weighted gradients must add up to the whole batch's: the same weights after
+    # an epoch, the same loss and accuracy. Batches of 8 reviews padded to 4 to 11 tokens; max_tokens=30:
+    # two parts of 4, four of 2, or three of 3, 2 and 3 (which an equal weighting of the parts would get wrong).
+    space = namespace("train_epoch")
+    results = {}
+    for max_tokens in (10_000, 30):
+        model = sentiment_lstm(vocab_size=20).train()
+        # Plain SGD without clipping: Adam and clipping would hide a gradient that is off by a constant factor.
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=0)
+        summary = space["train_epoch"](model, train, optimizer, torch.nn.BCEWithLogitsLoss(), 1e9, "cpu",
+                                       max_tokens=max_tokens)
+        results[max_tokens] = summary, torch.cat([p.detach().flatten() for p in model.parameters()])
+    (whole_summary, whole_weights), (parts_summary, parts_weights) = results.values()
+    sizes = {tuple(part.stop - part.start for part in helpers.batch_parts(len(idx), max(len(train.sequences[i])
+                                                                                      for i in idx), 30))
+             for idx in train.batch_indices()}
+    assert (3, 2, 3) in sizes and (4, 4) in sizes  # unequal parts as well as equal ones were trained
+    assert parts_summary == pytest.approx(whole_summary, abs=1e-6)
+    assert torch.allclose(parts_weights, whole_weights, atol=1e-5)
+    assert not torch.equal(whole_weights, torch.cat([p.detach().flatten() for p in sentiment_lstm(
+        vocab_size=20).parameters()]))  # training moved them
+
+
+@pytest.mark.parametrize("n_reviews, seq_len, max_tokens, sizes", [
+    (64, 800, 25_600, [32, 32]), (64, 400, 25_600, [64]), (64, 401, 25_600, [32, 32]), (64, 600, 25_600, [32, 32]),
+    (65, 800, 25_600, [22, 21, 22]), (10, 800, 25_600, [10]), (3, 30_000, 25_600, [1, 1, 1]), (7, 5, 10, [2, 2, 1, 2]),
+])
+def test_batch_parts_cover_the_batch_in_order_within_the_token_budget(n_reviews, seq_len, max_tokens, sizes):
+    parts = helpers.batch_parts(n_reviews, seq_len, max_tokens)
+    assert [part.stop - part.start for part in parts] == sizes
+    assert [i for part in parts for i in range(n_reviews)[part]] == list(range(n_reviews))
+    assert all((part.stop - part.start) * seq_len <= max_tokens for part in parts) or sizes == [1] * len(sizes)
+
+
+def test_batch_parts_refuse_sizes_that_are_not_positive():
+    with pytest.raises(ValueError, match="0 reviews of 800 tokens"):
+        helpers.batch_parts(0, 800, 25_600)
+
+
 def test_two_trainings_with_one_seed_match_exactly():
     assert _train(seed=3)[1] == _train(seed=3)[1]
 
