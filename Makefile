@@ -36,7 +36,7 @@ IMDB_ARCHIVE ?=
 # registered elsewhere must not shadow the one in .venv.
 export JUPYTER_PREFER_ENV_PATH := 1
 
-.PHONY: help install lock run test bench lint lab sweep sweep-summary publish clean
+.PHONY: help install lock run test bench lint lab sweep sweep-summary publish clean clean-cache
 
 help:
 	@echo "make run      train and evaluate with the default parameters; results in a new runs/<time>/"
@@ -51,6 +51,7 @@ help:
 	@echo "             since anyone who can reach the scheduler can run code on every worker"
 	@echo "make sweep-summary SWEEP=sweeps/<name>.yaml    rewrite the summary table and plots of a sweep"
 	@echo "make publish RUN=runs/<time>   make a default run's executed notebook and figures the committed ones"
+	@echo "make clean-cache   delete data/cache/ (tokenized reviews and word vectors, remade when next needed)"
 	@echo "variables: IMDB_ARCHIVE=path/to/aclImdb_v1.tar.gz  PARAMS='-p name value ...'"
 	@echo "           STACK=current  any target on the current stack (torch 2.13, numpy 2, no torchtext) in .venv-current"
 
@@ -145,9 +146,14 @@ sweep-summary: install
 # cell, and refuses a run that was not a default one or whose outputs name this machine's paths.
 publish: install
 	@test -n "$(RUN)" && test -f "$(RUN)/metrics.json" || { echo "usage: make publish RUN=runs/<time> (a finished run)"; exit 1; }
-	$(BIN)/python -c 'import sys, helpers; helpers.publish_notebook(*sys.argv[1:])' $(RUN)/sentiment_lstm.ipynb $(NOTEBOOK)
+	$(BIN)/python sweeps/publish.py $(RUN)/sentiment_lstm.ipynb $(NOTEBOOK)
 	cp $(RUN)/figures/*.png figures/
 	cp $(RUN)/metrics.json figures/metrics.json
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
+
+# Tokenized reviews and word vectors, each under a name made from every input it depends on: a run never
+# reads a stale one, so this is only to free the disk (about 0.2 GB after a full run and the exercises).
+clean-cache:
+	rm -rf data/cache

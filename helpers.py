@@ -1,14 +1,9 @@
-"""Shared, tested helpers for the sentiment-LSTM notebook.
+"""Shared, tested plumbing for the sentiment-LSTM lesson (notebooks/sentiment_lstm.ipynb).
 
-The plumbing lives here: downloading and extracting the IMDB data, cleaning and tokenizing,
-the vocabulary, batching, word-vector counting, checkpoints, early-stopping bookkeeping,
-progress display, metrics and plots. The notebook imports this module and holds the lesson:
-the LSTM, the training step and the evaluation pass are written out there.
-
-Every use of torchtext is in this file, so that replacing torchtext touches nothing else. Where
-torchtext cannot be used (not installed, or installed with a torch it cannot load: it needs torch
-2.3), or where SENTIMENT_NO_TORCHTEXT=1 is set, this file uses its own tokenizer and vocabulary,
-which give the same tokens, the same vocabulary and the same ids (tests/test_stacks.py).
+Data, tokenizing, vocabulary, batching, word vectors, checkpoints, metrics and plots; the lesson
+itself (the model, the training step, the evaluation pass) is written out in the notebook. Every
+use of torchtext is in this file: where it cannot load, or SENTIMENT_NO_TORCHTEXT=1 is set, the
+file's own tokenizer and vocabulary give the same tokens and ids (tests/test_stacks.py).
 """
 
 from __future__ import annotations
@@ -21,6 +16,7 @@ import gzip
 import hashlib
 import html
 import http.client
+import io
 import itertools
 import json
 import math
@@ -47,22 +43,10 @@ STACK_FIX = 'pip install torch==2.3.1 torchtext==0.18.0 "numpy<2"'
 TORCH_FIX = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
 
 
-def _older(version, than):
-    """Whether a version string such as '2.3.1+cpu' is older than the (major, minor) pair `than`."""
-    numbers = re.match(r"(\d+)\.(\d+)", version or "")
-    return numbers is not None and (int(numbers[1]), int(numbers[2])) < than
-
-
 def check_stack(versions=None, no_torchtext=None):
-    """Whether to use torchtext (True) or this file's own tokenizer and vocabulary (False).
+    """Whether to use torchtext (True) or our own tokenizer and vocabulary; raise only for no torch or one < 2.3.
 
-    Raise ImportError, naming what is missing and the fix, only for what cannot work: no torch,
-    or a torch older than 2.3. torchtext 0.18.0, its last release, is compiled against torch 2.3;
-    with another torch (the usual case on hosted notebooks) `import torchtext` dies with an
-    undefined-symbol error that says nothing useful. So the installed versions are compared
-    before it is imported, and torchtext is used only with torch 2.3.x; otherwise (torchtext
-    missing, another torchtext or torch, or SENTIMENT_NO_TORCHTEXT=1 in the environment) the
-    built-in tokenizer and vocabulary are used, which give the same tokens and ids.
+    torchtext 0.18 loads only with torch 2.3 (else: an undefined symbol), so versions are compared before importing it.
     """
     if versions is None:
         versions = {}
@@ -74,7 +58,8 @@ def check_stack(versions=None, no_torchtext=None):
     if no_torchtext is None:
         no_torchtext = os.environ.get("SENTIMENT_NO_TORCHTEXT", "") not in ("", "0")
     torch_version, torchtext_version = versions["torch"], versions["torchtext"]
-    if torch_version is None or _older(torch_version, (2, 3)):
+    numbers = re.match(r"(\d+)\.(\d+)", torch_version or "")
+    if torch_version is None or (numbers is not None and (int(numbers[1]), int(numbers[2])) < (2, 3)):
         found = f"torch {torch_version}" if torch_version else "no torch"
         raise ImportError(f"this notebook needs torch 2.3 or newer, but this Python has {found}. Fix: {TORCH_FIX} "
                           f"(or {STACK_FIX}, on Python 3.10 to 3.12), then restart the kernel; or run `make install` "
@@ -103,8 +88,7 @@ if USE_TORCHTEXT:
                       "instead (the same tokens and ids)", stacklevel=1)
         USE_TORCHTEXT = False
 if USE_TORCHTEXT:
-    # torchtext warns at every import that 0.18 is its last release; the README says so once.
-    torchtext.disable_torchtext_deprecation_warning()
+    torchtext.disable_torchtext_deprecation_warning()  # it warns at every import that 0.18 is its last release
     from torchtext.data.utils import get_tokenizer
     from torchtext.vocab import build_vocab_from_iterator
     from torchtext.vocab import vocab as vocab_from_ordered_dict
@@ -115,6 +99,8 @@ else:
 REPO_DIR = Path(__file__).resolve().parent
 DATA_DIR = REPO_DIR / "data"
 SAMPLE_DIR = DATA_DIR / "sample" / "aclImdb"
+# Token lists and word vectors, under a hash of what they are made from; SENTIMENT_CACHE_DIR=path moves them.
+CACHE_DIR = Path(os.environ.get("SENTIMENT_CACHE_DIR") or DATA_DIR / "cache")
 RUNS_DIR = REPO_DIR / "runs"
 
 # The authors' archive, the same URL and checksum torchtext's IMDB loader uses.
@@ -127,8 +113,6 @@ LABEL_NAMES = ("negative", "positive")
 
 
 # --------------------------------------------------------------------------- parameters
-
-
 @dataclass(frozen=True)
 class ParamSpec:
     """What one notebook parameter accepts."""
@@ -143,16 +127,16 @@ def _positive(value):
 
 
 POOLINGS = ("last", "max", "mean", "max+mean")  # the ways pool_over_time summarises a review
+CELLS = ("lstm", "gru", "rnn")  # the recurrent cells the lesson's model can use
 
 PARAM_SPECS = {
     "imdb_archive": ParamSpec(str, "a path to aclImdb_v1.tar.gz, or '' to download"),
     "use_sample": ParamSpec(bool, "True or False"),
     "valid_fraction": ParamSpec(float, "a fraction with 0 < value < 1", lambda v: 0 < v < 1),
     "train_size": ParamSpec(int, "0 (every training review) or an integer >= 2", lambda v: v == 0 or v >= 2),
+    "test_size": ParamSpec(int, "0 (every test review) or an integer >= 2", lambda v: v == 0 or v >= 2),
     "n_epochs": ParamSpec(int, "an integer >= 1 (0 only with init_checkpoint)", lambda v: v >= 0),
     "patience": ParamSpec(int, "an integer >= 1", lambda v: v >= 1),
-    "average_epochs": ParamSpec(int, "an integer >= 1 (1: the best epoch's weights alone)", _positive),
-    "n_models": ParamSpec(int, "an integer >= 1 (1: one model, no ensemble)", _positive),
     "batch_size": ParamSpec(int, "an integer >= 1", _positive),
     "max_length": ParamSpec(int, "an integer >= 1", _positive),
     "min_freq": ParamSpec(int, "an integer >= 1", _positive),
@@ -166,6 +150,7 @@ PARAM_SPECS = {
     "word_vector_window": ParamSpec(int, "an integer >= 1", _positive),
     "ppmi_context_power": ParamSpec(float, "a float with 0 < value <= 1", lambda v: 0 < v <= 1),
     "hidden_dim": ParamSpec(int, "an integer >= 1", _positive),
+    "cell": ParamSpec(str, "'lstm', 'gru' or 'rnn'", lambda v: v in CELLS),
     "n_layers": ParamSpec(int, "an integer >= 1", _positive),
     "bidirectional": ParamSpec(bool, "True or False"),
     "pooling": ParamSpec(str, "'last', 'max', 'mean' or 'max+mean'", lambda v: v in POOLINGS),
@@ -173,8 +158,6 @@ PARAM_SPECS = {
     "dropout": ParamSpec(float, "a float with 0 <= value < 1", lambda v: 0 <= v < 1),
     "lr": ParamSpec(float, "a float > 0", _positive),
     "clip_norm": ParamSpec(float, "a float > 0", _positive),
-    "adversarial_epsilon": ParamSpec(float, "a finite float >= 0 (0: no adversarial training)",
-                                     lambda v: math.isfinite(v) and v >= 0),
     "seed": ParamSpec(int, "an integer >= 0", lambda v: v >= 0),
     "device": ParamSpec(str, "'auto', 'cpu' or 'cuda'", lambda v: v in ("auto", "cpu", "cuda")),
     "ig_steps": ParamSpec(int, "an integer >= 1", _positive),
@@ -197,8 +180,7 @@ def validate_params(params):
         # papermill passes 1e-3 as a float but 1 as an int; accept an int where a float is asked.
         if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        is_bool = isinstance(value, bool)
-        wrong_type = not isinstance(value, spec.kind) or (is_bool and spec.kind is not bool)
+        wrong_type = not isinstance(value, spec.kind) or (isinstance(value, bool) and spec.kind is not bool)
         if wrong_type or (spec.check is not None and not spec.check(value)):
             raise ValueError(f"parameter {name}={value!r} is not valid: expected {spec.allowed}")
         checked[name] = value
@@ -207,13 +189,6 @@ def validate_params(params):
     for name in ("imdb_archive", "init_checkpoint", "predict_file"):
         if checked[name] and not Path(checked[name]).exists():
             raise ValueError(f"parameter {name}={checked[name]!r} is not valid: no such file or folder")
-    if checked["init_checkpoint"] and checked["n_epochs"] > 0:
-        config_file = Path(checked["init_checkpoint"]) / "config.json"
-        n_models = json.loads(config_file.read_text()).get("n_models", 1) if config_file.exists() else 1
-        if n_models > 1:
-            raise ValueError(f"parameter init_checkpoint={checked['init_checkpoint']!r} holds an ensemble of "
-                             f"{n_models} models, which a run can use as it is (n_epochs=0) but not train on; "
-                             "train on from a single model's checkpoint")
     if checked["device"] == "cuda" and not torch.cuda.is_available():
         raise ValueError("parameter device='cuda' is not valid: no CUDA device is available; use 'auto' or 'cpu'")
     return checked
@@ -250,12 +225,9 @@ def assigned_values(source):
 
 
 def injected_parameters(history, parameters_marker=PARAMETERS_MARKER):
-    """The parameters papermill injected in this run, {name: value}, read from the kernel's input history.
+    """The parameters papermill injected, {name: value}: the '# Parameters' cell after the parameters cell in `In`.
 
-    papermill passes `-p name value` by running a cell that starts with '# Parameters' right
-    after the notebook's parameters cell, so a misspelt name would silently define a new
-    variable. We look back for that cell (in IPython's `In`), stopping at the parameters cell
-    itself (the entry holding `parameters_marker`), and return what it assigns.
+    A misspelt name there would silently define a new variable; check_parameter_names catches it.
     """
     for source in reversed(history[-10:]):
         if source.startswith(PAPERMILL_HEADER):
@@ -266,8 +238,6 @@ def injected_parameters(history, parameters_marker=PARAMETERS_MARKER):
 
 
 # --------------------------------------------------------------------------- setup
-
-
 def set_seed(seed):
     """Seed Python, numpy and torch so that a run can be repeated."""
     random.seed(seed)
@@ -276,14 +246,9 @@ def set_seed(seed):
 
 
 def flush_denormal_floats():
-    """Make the CPU treat denormal floats (magnitudes below about 1e-38) as zero.
-
-    Gradients that fade through many LSTM steps end up denormal, and CPUs compute on those up to
-    ten times slower; as zeros they change nothing a model learns. NumPy's float limits are
-    looked up first, because NumPy warns when it meets a CPU that flushes them.
-    """
+    """Treat denormal floats as zero: fading LSTM gradients become denormal, which CPUs compute up to 10x slower."""
     for dtype in (np.float16, np.float32, np.float64):
-        np.finfo(dtype)  # cached by NumPy from now on
+        np.finfo(dtype)  # looked up (and cached) first: NumPy warns if it meets a CPU that flushes them
     return torch.set_flush_denormal(True)
 
 
@@ -300,16 +265,9 @@ def choose_device(name="auto"):
 
 def environment_info(device):
     """Versions and hardware of this run, for metrics.json."""
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchtext": torchtext.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torchtext": torchtext.__version__,
+            "numpy": np.__version__, "device": str(device), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -347,9 +305,15 @@ def peak_memory_mib(device):
     return peak
 
 
-# --------------------------------------------------------------------------- files
+def return_freed_memory():
+    """Hand memory freed by Python and torch back to the OS (glibc's malloc_trim); a no-op where there is none."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
+# --------------------------------------------------------------------------- files and data
 def write_atomic(path, data):
     """Write bytes or text to path through a temporary file, so a crash never leaves half a file."""
     path = Path(path)
@@ -373,6 +337,12 @@ def write_json(path, obj):
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def shown_path(path):
+    """A path as a run reports it: relative to the repository when inside it, so no machine's folders show."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO_DIR).as_posix() if path.is_relative_to(REPO_DIR) else str(path)
+
+
 def md5sum(path, chunk_size=1 << 20):
     """The MD5 hex digest of a file."""
     digest = hashlib.md5()
@@ -390,11 +360,9 @@ def download(url, dest, md5=None, progress=True, timeout=60):
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, OSError) as err:
-        raise ConnectionError(
-            f"could not download {url} ({err}). Without network access, download the archive "
-            "elsewhere and pass its path as the imdb_archive parameter or the IMDB_ARCHIVE "
-            "environment variable."
-        ) from err
+        raise ConnectionError(f"could not download {url} ({err}). Without network access, download the archive "
+                              "elsewhere and pass its path as the imdb_archive parameter or the IMDB_ARCHIVE "
+                              "environment variable.") from err
     total = int(response.headers.get("Content-Length") or 0) or None
     try:
         with response, open(partial, "wb") as out, tqdm(
@@ -409,17 +377,12 @@ def download(url, dest, md5=None, progress=True, timeout=60):
                 raise ConnectionError(f"download of {url} broke off ({err!r}); run again to start it anew") from err
         if total is not None and partial.stat().st_size != total:
             raise ConnectionError(f"download of {url} stopped after {partial.stat().st_size} of {total} bytes")
-        if md5 is not None:
-            actual = md5sum(partial)
-            if actual != md5:
-                raise ValueError(
-                    f"checksum mismatch for {url}: expected MD5 {md5}, got {actual}; "
-                    "the file was deleted, run again to download it anew"
-                )
+        if md5 is not None and (actual := md5sum(partial)) != md5:
+            raise ValueError(f"checksum mismatch for {url}: expected MD5 {md5}, got {actual}; "
+                             "the file was deleted, run again to download it anew")
         os.replace(partial, dest)
     finally:
-        # Whatever went wrong, never leave a partial file that looks like the archive.
-        partial.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)  # whatever went wrong, never leave a partial file that looks like the archive
     return dest
 
 
@@ -436,11 +399,7 @@ def _check_member(member, top):
 
 
 def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb", md5=None):
-    """Extract the IMDB archive into data_dir/aclImdb, safely and atomically; return that folder.
-
-    The folder's `.complete` marker records the archive's name and MD5, so that a later call
-    knows which archive an extraction came from (see prepare_imdb).
-    """
+    """Extract the IMDB archive into data_dir/aclImdb, safely and atomically, with a `.complete` marker of its MD5."""
     archive, data_dir = Path(archive), Path(data_dir)
     target = data_dir / top
     if not archive.is_file():
@@ -458,8 +417,7 @@ def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb", md5=None):
             staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=".extracting-"))
             try:
                 tar.extractall(staging, members=members, filter="data")
-                origin = {"archive": archive.name, "md5": md5 or md5sum(archive)}
-                write_json(staging / top / ".complete", origin)
+                write_json(staging / top / ".complete", {"archive": archive.name, "md5": md5 or md5sum(archive)})
                 if target.exists():  # an interrupted extraction, or one from another archive: replaced
                     shutil.rmtree(target)
                 os.replace(staging / top, target)
@@ -486,9 +444,7 @@ def extraction_origin(folder):
 def prepare_imdb(archive="", data_dir=DATA_DIR, url=IMDB_URL, md5=IMDB_MD5, log=print):
     """Return the extracted aclImdb folder: from a local archive if given, else downloaded once.
 
-    An earlier extraction is reused only if it came from the same archive (same MD5); an
-    archive given explicitly is never silently ignored: a different one is extracted in place of
-    the old extraction, and we say so.
+    An earlier extraction is reused only if it came from the same archive (same MD5), else replaced.
     """
     data_dir = Path(data_dir)
     target = data_dir / "aclImdb"
@@ -512,127 +468,47 @@ def prepare_imdb(archive="", data_dir=DATA_DIR, url=IMDB_URL, md5=IMDB_MD5, log=
     return extract_imdb(archive, data_dir, md5=archive_md5)
 
 
+def _read_reviews(folder):
+    """The texts of folder/*.txt, in file-name order."""
+    return [path.read_text(encoding="utf-8") for path in sorted(Path(folder).glob("*.txt"), key=lambda p: p.name)]
+
+
 def read_unlabelled(root):
     """The unlabelled reviews of train/unsup (50,000 in the full data), in a fixed order."""
-    folder = Path(root, "train", "unsup")
-    paths = sorted(folder.glob("*.txt"), key=lambda p: p.name)
-    if not paths:
-        raise FileNotFoundError(f"no unlabelled reviews found in {folder}; set pretrain_embeddings=False "
-                                "to train without them")
-    return [path.read_text(encoding="utf-8") for path in paths]
+    texts = _read_reviews(Path(root, "train", "unsup"))
+    if not texts:
+        raise FileNotFoundError(f"no unlabelled reviews found in {Path(root, 'train', 'unsup')}; set "
+                                "pretrain_embeddings=False to train without them")
+    return texts
 
 
 def read_imdb(root, split):
     """Read one split ('train' or 'test') as (texts, labels) with 1 = positive, in a fixed order."""
     texts, labels = [], []
     for label, folder in ((0, "neg"), (1, "pos")):
-        paths = sorted(Path(root, split, folder).glob("*.txt"), key=lambda p: p.name)
-        if not paths:
+        found = _read_reviews(Path(root, split, folder))
+        if not found:
             raise FileNotFoundError(f"no reviews found in {Path(root, split, folder)}")
-        for path in paths:
-            texts.append(path.read_text(encoding="utf-8"))
-            labels.append(label)
+        texts += found
+        labels += [label] * len(found)
     return texts, labels
 
 
-# Settings that say only where a run reads or writes; any other injected value makes a run non-default.
-LOCATION_PARAMETERS = ("imdb_archive", "run_dir")
-
-
-def publish_notebook(executed, destination):
-    """Copy a run's executed notebook to `destination` as the committed notebook, fit to run as it is.
-
-    papermill's injected-parameters cell is dropped, so that "Run all" uses the parameters cell's
-    defaults, and so is the run's record of paths in the notebook's metadata; images are stored
-    in fewer bytes, with the same pixels (compact_png). Refused, with
-    nothing written: a run given any parameter other than where to read and write (it would not
-    be a default run; one given a default's own value is), a run that failed or was not run to
-    the end, and outputs that name a path of this machine (the repository folder, the home
-    folder, or the archive or run folder given).
-    """
-    notebook = json.loads(Path(executed).read_text(encoding="utf-8"))
-    injected_cells = [c for c in notebook["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
-    injected = {}
-    for cell in injected_cells:
-        injected.update(injected_parameters(["".join(cell["source"])]))
-    defaults = {}
-    for cell in notebook["cells"]:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            defaults.update(assigned_values("".join(cell["source"])))
-    # a parameter given its default value (`-p seed 42`) leaves the run a default one
-    not_default = sorted(name for name, value in injected.items()
-                         if name not in LOCATION_PARAMETERS and (name not in defaults or defaults[name] != value))
-    if not_default:
-        raise ValueError(f"{executed} was run with {', '.join(not_default)} set; publish only a default run")
-    notebook["cells"] = [c for c in notebook["cells"] if c not in injected_cells]
-    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
-    failed = [o for c in code for o in c.get("outputs", []) if o["output_type"] == "error"]
-    if failed or not all(c.get("execution_count") for c in code):
-        raise ValueError(f"{executed} is not one complete run: it holds errors, or cells that were not run")
-    papermill_info = notebook.get("metadata", {}).get("papermill", {})
-    for key in ("input_path", "output_path", "parameters", "environment_variables"):
-        papermill_info.pop(key, None)
-    for cell in notebook["cells"]:  # per-cell timestamps say nothing to a reader; keep each cell's duration
-        metadata = cell.get("metadata", {})
-        metadata.pop("execution", None)
-        if "papermill" in metadata:
-            metadata["papermill"] = {k: v for k, v in metadata["papermill"].items() if k == "duration"}
-    for cell in code:
-        for output in cell.get("outputs", []):
-            if "image/png" in output.get("data", {}):
-                output["data"]["image/png"] = compact_png(output["data"]["image/png"])
-    text = json.dumps(notebook)
-    paths = [str(REPO_DIR), str(Path.home()), str(injected.get("imdb_archive", ""))]
-    if Path(str(injected.get("run_dir", ""))).is_absolute():
-        paths.append(str(injected["run_dir"]))
-    found = sorted({p for p in paths if len(p) > 1 and (p in text or json.dumps(p)[1:-1] in text)})
-    if found:
-        raise ValueError(f"{executed} names paths of this machine in its outputs: {', '.join(found)}")
-    write_atomic(destination, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
-    return destination
-
-
-def compact_png(png_base64):
-    """The same picture in fewer bytes: a fully opaque RGBA PNG re-encoded as RGB, optimised; pixels unchanged."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(base64.b64decode(png_base64)))
-    if image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", optimize=True)
-    smaller = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return smaller if len(smaller) < len(png_base64) else png_base64
-
-
-def shown_path(path):
-    """A path as a run reports it: relative to the repository when inside it, so no machine's folders show."""
-    path = Path(path).resolve()
-    return path.relative_to(REPO_DIR).as_posix() if path.is_relative_to(REPO_DIR) else str(path)
-
-
 # --------------------------------------------------------------------------- text
-
-
 _BREAK = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
 _TAG = re.compile(r"<[^>]{0,200}>")
-
-
-def clean_text(text):
-    """Remove HTML line breaks and tags and decode entities such as &amp;."""
-    text = _BREAK.sub(" ", text)
-    text = _TAG.sub(" ", text)
-    return html.unescape(text)
-
-
 # torchtext 0.18's basic_english tokenizer (torchtext/data/utils.py, _basic_english_normalize):
 # lower(), these substitutions in this order, then split() on whitespace.
 _BASIC_ENGLISH_RULES = [(re.compile(pattern), replacement) for pattern, replacement in (
     (r"\'", " '  "), (r"\"", ""), (r"\.", " . "), (r"<br \/>", " "), (r",", " , "), (r"\(", " ( "), (r"\)", " ) "),
     (r"\!", " ! "), (r"\?", " ? "), (r"\;", " "), (r"\:", " "), (r"\s+", " "))]
+# Bump whenever clean_text or tokenize change what they return: cached token lists then go unused.
+TOKENIZER_VERSION = 1
+
+
+def clean_text(text):
+    """Remove HTML line breaks and tags and decode entities such as &amp;."""
+    return html.unescape(_TAG.sub(" ", _BREAK.sub(" ", text)))
 
 
 def _basic_english_normalize(line):
@@ -647,22 +523,38 @@ _basic_english = get_tokenizer("basic_english") if USE_TORCHTEXT else _basic_eng
 
 
 def tokenize(text):
-    """Clean a review and split it into lower-case tokens with torchtext's basic_english tokenizer.
-
-    Every token is interned (sys.intern): all the reviews' copies of "the" are one string in
-    memory, so that the token lists of 100,000 reviews take a few hundred MB, not gigabytes.
-    """
+    """A review cleaned and split into lower-case tokens by basic_english, interned (one "the" for all reviews)."""
     return [sys.intern(token) for token in _basic_english(clean_text(text))]
 
 
-class _Vocab:
-    """The part of torchtext's Vocab that the project uses, in plain Python, with the same results.
+def tokenize_all(texts, cache_dir=CACHE_DIR):
+    """[tokenize(t) for t in texts], cached in cache_dir (None: no cache) under a hash of the texts and tokenizer.
 
-    Tokens and ids both ways (get_itos, get_stoi, lookup_token(s), lookup_indices, calling it), len,
-    `in`, vocab[token], and the default index that unknown tokens get (without one, an unknown
-    token or an index out of range raises RuntimeError, as in torchtext). A dict and a list: no
-    C++ table that reserves room for 30 million entries (0.12 GiB) whatever the size.
+    A cache file is plain text, a review a line; one unreadable or with the wrong number of lines is recomputed.
     """
+    texts = list(texts)
+    if cache_dir is None:
+        return [tokenize(text) for text in texts]
+    digest = hashlib.sha256(f"tokens {TOKENIZER_VERSION} torchtext={USE_TORCHTEXT} {len(texts)}".encode())
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little") + data)  # lengths too: ["ab"] and ["a", "b"] differ
+    path = Path(cache_dir) / f"tokens-{digest.hexdigest()[:32]}.txt"
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+        if len(lines) == len(texts) + 1 and lines[-1] == "":
+            return [list(map(sys.intern, line.split())) for line in lines[:-1]]
+    except (OSError, UnicodeDecodeError):
+        pass
+    token_lists = [tokenize(text) for text in texts]
+    # Each token must survive " ".join then split(): no whitespace in it, none empty. Else no cache.
+    if all(token.split() == [token] for token in set().union(*token_lists)):
+        write_atomic(path, "".join(" ".join(tokens) + "\n" for tokens in token_lists))
+    return token_lists
+
+
+class _Vocab:
+    """The part of torchtext's Vocab that the project uses, in plain Python, with the same results and errors."""
 
     def __init__(self, itos):
         self._itos = list(itos)
@@ -718,8 +610,7 @@ class _Vocab:
 def _build_vocab_from_iterator(iterator, min_freq=1, specials=None, max_tokens=None):
     """torchtext 0.18's build_vocab_from_iterator (special_first=True), step for step, as a _Vocab.
 
-    Tokens by descending count, ties in code-point order; the cut to max_tokens - len(specials)
-    comes before specials are taken out and before min_freq, as there.
+    By descending count, ties in code-point order; cut to max_tokens before specials and min_freq, as there.
     """
     counter = collections.Counter()
     for tokens in iterator:
@@ -735,15 +626,11 @@ def _build_vocab_from_iterator(iterator, min_freq=1, specials=None, max_tokens=N
 
 
 def build_vocab(token_lists, min_freq=1, max_size=None):
-    """A vocabulary of the most frequent tokens, with <pad> = 0 and <unk> = 1 as default.
-
-    torchtext's where it is used, else a _Vocab with the same tokens in the same order.
-    """
+    """A vocabulary of the most frequent tokens, <pad> = 0 and <unk> = 1 the default (torchtext's, or a _Vocab)."""
     specials = [PAD_TOKEN, UNK_TOKEN]
     if USE_TORCHTEXT:
-        vocab = build_vocab_from_iterator(
-            token_lists, min_freq=min_freq, specials=specials, special_first=True, max_tokens=max_size
-        )
+        vocab = build_vocab_from_iterator(token_lists, min_freq=min_freq, specials=specials, special_first=True,
+                                          max_tokens=max_size)
     else:
         vocab = _build_vocab_from_iterator(token_lists, min_freq=min_freq, specials=specials, max_tokens=max_size)
     vocab.set_default_index(vocab[UNK_TOKEN])
@@ -766,10 +653,7 @@ def vocab_from_tokens(itos):
 
 
 def numericalize(tokens, vocab, max_length):
-    """Token ids for the first max_length tokens as an int32 array; unknown tokens map to <unk>.
-
-    An array of 4-byte integers, where a list of Python ints takes about 36 bytes an id.
-    """
+    """Token ids of the first max_length tokens as an int32 array (4 bytes an id; a Python int takes 36)."""
     return np.array(vocab.lookup_indices(tokens[:max_length]), dtype=np.int32)
 
 
@@ -787,43 +671,30 @@ def stratified_split(labels, valid_fraction, seed):
     return sorted(train_idx), sorted(valid_idx)
 
 
-def stratified_subset(indices, labels, size, seed):
-    """Exactly `size` of the given indices, keeping the share of each label, reproducible from seed.
-
-    Each label gets its share of `size` rounded down, and the reviews still missing go to the
-    labels with the largest remainders: every label's count is within one of its exact share.
-    """
+def stratified_subset(indices, labels, size, seed, name="train_size"):
+    """Exactly `size` of the given indices, reproducible from seed, each label's count within one of its share."""
     indices = np.asarray(indices)
     if size < 0 or size > len(indices):
-        raise ValueError(f"train_size={size} must be between 0 and the {len(indices):,} training reviews available")
+        raise ValueError(f"{name}={size} must be between 0 and the {len(indices):,} reviews available")
     subset_labels = np.asarray(labels)[indices]
     rng = np.random.default_rng([seed, size])
     classes = np.unique(subset_labels)
     shares = np.array([size * np.sum(subset_labels == label) / len(indices) for label in classes])
     counts = np.floor(shares).astype(int)
-    # Largest remainders first; a stable sort breaks ties by label order, so the result is seeded only.
+    # Shares rounded down, then one more to the largest remainders (ties by label order: seeded only).
     for i in np.argsort(-(shares - counts), kind="stable")[: size - counts.sum()]:
         counts[i] += 1
     chosen = []
     for label, n in zip(classes, counts, strict=True):
-        of_label = indices[subset_labels == label]
-        chosen.extend(rng.choice(of_label, size=n, replace=False).tolist())
+        chosen.extend(rng.choice(indices[subset_labels == label], size=n, replace=False).tolist())
     return sorted(chosen)
 
 
 # --------------------------------------------------------------------------- word vectors
-
-
 def cooccurrence_matrix(id_lists, vocab_size, window=5, ignore=(0, 1), n_chunks=8):
-    """How often each pair of vocabulary tokens appears within `window` tokens of each other.
+    """Symmetric sparse [vocab_size, vocab_size] counts of token pairs within `window`, d tokens apart counting 1/d.
 
-    A pair d tokens apart counts 1/d, so near neighbours weigh more. Tokens in `ignore` (by
-    default <pad> and <unk>) are skipped, and pairs never cross from one review into the next.
-    Returns a symmetric sparse [vocab_size, vocab_size] float64 tensor in CSR layout.
-
-    The pairs are counted in `n_chunks` parts, each holding the pairs whose smaller id falls in
-    it (ids modulo n_chunks), so that only about 1/n_chunks of the pairs is in memory at once;
-    every part's counts are final, and the result does not depend on n_chunks.
+    Skips the `ignore` ids, never pairs across reviews; counted in n_chunks parts to hold fewer pairs at once.
     """
     if window < 1:
         raise ValueError(f"window={window!r} must be an integer >= 1")
@@ -910,18 +781,10 @@ def _csr_rows(matrix):
     return torch.repeat_interleave(torch.arange(len(crow) - 1, dtype=crow.dtype), crow.diff())
 
 
-def _csr_transpose(matrix):
-    """The transpose of a square CSR tensor, as CSR."""
-    rows = _csr_rows(matrix).numpy()
-    return _csr_matrix(matrix.col_indices().numpy(), rows, matrix.values().numpy(), matrix.size(0))
-
-
 def ppmi(counts, context_power=0.75):
-    """Positive pointwise mutual information of a sparse co-occurrence matrix, as float32 CSR.
+    """Positive PMI, max(0, log p(w, c) / (p(w) p(c))), of sparse co-occurrence counts, as float32 CSR.
 
-    PMI(w, c) = log p(w, c) / (p(w) p(c)): how much more often two words meet than chance says.
-    Negative values (rarer than chance, and noisy) become 0. Raising the context counts to
-    `context_power` < 1 keeps rare contexts from getting huge scores (Levy et al., 2015).
+    Context counts raised to `context_power` < 1 keep rare contexts from huge scores (Levy et al., 2015).
     """
     if counts.layout != torch.sparse_csr:
         counts = counts.to_sparse_csr()
@@ -943,18 +806,9 @@ def ppmi(counts, context_power=0.75):
 
 
 def svd_word_vectors(matrix, dim, seed=0, n_iter=4):
-    """dim-dimensional word vectors from a truncated SVD of a (PPMI) matrix: U * sqrt(S).
+    """Word vectors U * sqrt(S) by torch.svd_lowrank's randomised SVD, with one transposed copy, not several.
 
-    A randomised SVD (Halko et al., 2011; the algorithm of torch.svd_lowrank): multiplying the
-    matrix and its transpose by a random [n, dim] block a few times finds the directions that
-    matter most, and an exact SVD of the small [n, dim] result gives them. Written out here with
-    an explicit transposed copy, because torch.svd_lowrank on a large sparse matrix makes
-    several temporary copies of it.
-
-    The vectors are scaled to a standard deviation of 1, the scale of nn.Embedding's own random
-    initialisation, so that training treats them like the vectors it would start from anyway.
-    Rows that are all zero (<pad>, <unk>, words never counted) stay zero. The random block is
-    drawn from a seeded generator, leaving torch's global random state as it was.
+    Scaled to nn.Embedding's standard deviation of 1; all-zero rows stay zero; torch's global RNG is untouched.
     """
     if not 1 <= dim <= min(matrix.shape):
         raise ValueError(f"dim={dim!r} must lie between 1 and {min(matrix.shape)}")
@@ -962,7 +816,8 @@ def svd_word_vectors(matrix, dim, seed=0, n_iter=4):
         matrix = matrix.to_sparse_csr()
     if matrix.size(0) != matrix.size(1):
         raise ValueError(f"the matrix must be square; got {tuple(matrix.shape)}")
-    transposed = _csr_transpose(matrix)
+    transposed = _csr_matrix(matrix.col_indices().numpy(), _csr_rows(matrix).numpy(), matrix.values().numpy(),
+                             matrix.size(0))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         basis = torch.randn(matrix.size(1), dim, dtype=matrix.dtype)
@@ -979,19 +834,32 @@ def svd_word_vectors(matrix, dim, seed=0, n_iter=4):
     return vectors / vectors.std().clamp_min(1e-12)
 
 
-def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75, seed=0):
-    """Word vectors for every vocabulary entry from co-occurrence counts in token_lists.
+# Bump whenever the counting, ppmi or svd_word_vectors change what they return: cached vectors then go unused.
+WORD_VECTORS_VERSION = 1
 
-    The count-based cousin of word2vec: count which words appear near which (cooccurrence_matrix),
-    keep the surprising pairs (ppmi) and compress each word's row to `dim` numbers
-    (svd_word_vectors). Words used in similar contexts, such as 'awful' and 'dreadful', get
-    similar vectors. token_lists may be a generator: each review becomes an int32 id array as it
-    is read, so that the tokens of all reviews never need to be in memory at once.
-    Returns a [len(vocab), dim] float32 tensor.
+
+def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75, seed=0, cache_dir=CACHE_DIR):
+    """[len(vocab), dim] float32 word vectors from co-occurrences in token_lists: counts, PPMI, then an SVD.
+
+    Cached in cache_dir (None: no cache) under a hash of the ids, the vocabulary and every setting.
     """
-    ignore = (vocab[PAD_TOKEN], vocab[UNK_TOKEN])
     id_arrays = [np.array(vocab.lookup_indices(tokens), dtype=np.int32) for tokens in token_lists]
-    counts = cooccurrence_matrix(id_arrays, len(vocab), window, ignore)
+    path = None
+    if cache_dir is not None:
+        # The library versions too: another torch may round the SVD otherwise, and a run must match a fresh one.
+        settings = [WORD_VECTORS_VERSION, torch.__version__, np.__version__, int(dim), int(window),
+                    float(context_power), int(seed)]
+        digest = hashlib.sha256(json.dumps(["word vectors", settings, vocab.get_itos()]).encode())
+        for ids in id_arrays:
+            digest.update(len(ids).to_bytes(8, "little") + ids.tobytes())
+        path = Path(cache_dir) / f"word-vectors-{digest.hexdigest()[:32]}.npy"
+        try:
+            vectors = np.load(path, allow_pickle=False)
+            if vectors.shape == (len(vocab), dim) and vectors.dtype == np.float32:
+                return torch.from_numpy(vectors)
+        except (OSError, ValueError, EOFError):
+            pass
+    counts = cooccurrence_matrix(id_arrays, len(vocab), window, (vocab[PAD_TOKEN], vocab[UNK_TOKEN]))
     del id_arrays
     if counts.values().numel() == 0:
         raise ValueError("no two vocabulary words occur near each other in the texts; nothing to learn from")
@@ -1000,20 +868,11 @@ def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75,
     vectors = svd_word_vectors(weights, dim, seed)
     del weights
     return_freed_memory()
+    if path is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, vectors.numpy(), allow_pickle=False)
+        write_atomic(path, buffer.getvalue())
     return vectors
-
-
-def return_freed_memory():
-    """Hand memory that Python and torch have freed back to the operating system, where possible.
-
-    After many large temporary arrays, glibc's allocator keeps freed pages for reuse, and the
-    process looks hundreds of MB bigger than what it holds; malloc_trim releases them. A no-op
-    where the C library has no malloc_trim (macOS, Windows, musl).
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def nearest_words(vectors, vocab, word, k=8):
@@ -1027,9 +886,7 @@ def nearest_words(vectors, vocab, word, k=8):
     return vocab.lookup_tokens(similarity.topk(k).indices.tolist())
 
 
-# --------------------------------------------------------------------------- batching
-
-
+# --------------------------------------------------------------------------- batching and model parts
 def pad_batch(sequences, pad_index=0):
     """Right-pad id lists or arrays into a [batch, max_len] tensor; returns (tokens, lengths)."""
     lengths = torch.tensor([max(len(s), 1) for s in sequences], dtype=torch.long)
@@ -1040,12 +897,9 @@ def pad_batch(sequences, pad_index=0):
 
 
 class BucketBatches:
-    """Batches of reviews of similar length, so that little compute is spent on padding.
+    """Batches of reviews of similar length (sorted within shuffled pools of batches), so little is padding.
 
-    For training, examples are shuffled, then sorted by length within pools of
-    `pool_batches` batches, and the batches are shuffled again: every epoch sees a new order
-    while each batch holds reviews of nearly equal length. Without shuffling, batches follow
-    length order. The last, smaller batch is kept, so every review is used.
+    Unshuffled, batches follow length order. The last, smaller batch is kept.
     """
 
     def __init__(self, sequences, labels, batch_size, shuffle=False, seed=0, pool_batches=50, pad_index=0):
@@ -1062,8 +916,7 @@ class BucketBatches:
     def padding_fraction(self):
         """The share of token slots in this epoch's batches that are padding."""
         lengths = np.array([max(len(s), 1) for s in self.sequences])
-        batches = self.batch_indices()
-        padded = sum(len(idx) * lengths[idx].max() for idx in batches)
+        padded = sum(len(idx) * lengths[idx].max() for idx in self.batch_indices())
         return 1 - lengths.sum() / padded
 
     def batch_indices(self):
@@ -1088,21 +941,15 @@ class BucketBatches:
         self.epoch += 1
 
 
-# --------------------------------------------------------------------------- model parts
-
-
 # At most this many token slots (reviews x padded length) go through the LSTM with gradients at once:
 # 64 reviews of 400 tokens. Training and explanations cut longer batches into parts (batch_parts).
 MAX_BATCH_TOKENS = 25_600
 
 
 def batch_parts(n_reviews, seq_len, max_tokens=MAX_BATCH_TOKENS):
-    """Slices that cut a batch of n_reviews, padded to seq_len tokens, into parts of at most max_tokens tokens.
+    """Slices cutting a batch of n_reviews padded to seq_len into near-equal parts of at most max_tokens tokens.
 
-    The backward pass needs every activation of the forward pass at once: for 64 reviews of 800
-    tokens, about 0.6 GiB. Trained part by part, each part's loss weighted by its share of the
-    batch, the gradients add up to the whole batch's while one part's activations are held. A part
-    holds at least one review, and the parts of a batch differ in size by at most one review.
+    Losses weighted by each part's share give the whole batch's gradients, holding one part's activations.
     """
     if n_reviews < 1 or seq_len < 1 or max_tokens < 1:
         raise ValueError(f"batch_parts needs positive sizes, got {n_reviews} reviews of {seq_len} tokens, "
@@ -1113,13 +960,8 @@ def batch_parts(n_reviews, seq_len, max_tokens=MAX_BATCH_TOKENS):
 
 
 def reverse_padded(x, lengths):
-    """Reverse each sequence's first `length` steps, leaving the padding at the end.
-
-    x: [batch, seq_len, features]. Running an LSTM over the result reads every review
-    backwards without ever reading padding before a real word. Applying it twice gives x back.
-    """
-    seq_len = x.size(1)
-    positions = torch.arange(seq_len, device=x.device).unsqueeze(0)  # [1, seq_len]
+    """Reverse each sequence's first `length` steps of x [batch, seq_len, features], leaving padding at the end."""
+    positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # [1, seq_len]
     lengths = lengths.to(x.device).unsqueeze(1)  # [batch, 1]
     index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # [batch, seq_len]
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
@@ -1131,12 +973,7 @@ def padding_mask(lengths, seq_len):
 
 
 def pool_over_time(outputs, lengths, how):
-    """Summarise [batch, seq_len, features] LSTM outputs per review, ignoring padding.
-
-    'last': the output at each review's last real token; 'max': the largest value of each
-    feature over the real tokens; 'mean': their average; 'max+mean': both, side by side
-    ([batch, 2 * features]).
-    """
+    """Summarise [batch, seq_len, features] outputs per review, ignoring padding; see POOLINGS."""
     if how == "max+mean":
         return torch.cat([pool_over_time(outputs, lengths, "max"), pool_over_time(outputs, lengths, "mean")], dim=1)
     lengths = lengths.to(outputs.device)
@@ -1157,14 +994,8 @@ def count_parameters(model):
 
 
 # --------------------------------------------------------------------------- training plumbing
-
-
 def interactive_frontend():
-    """True in JupyterLab or Jupyter Notebook, where a live progress bar helps; False in batch runs.
-
-    jupyter_server names the session of every kernel it starts in JPY_SESSION_NAME; papermill
-    and nbval start their kernels without it, so their saved outputs hold no bar fragments.
-    """
+    """True in JupyterLab or Notebook (jupyter_server sets JPY_SESSION_NAME); False under papermill and nbval."""
     return "JPY_SESSION_NAME" in os.environ
 
 
@@ -1176,11 +1007,7 @@ def progress(iterable, desc, total=None):
 
 
 class EarlyStopping:
-    """The bookkeeping of early stopping: keep the best epoch by validation loss, say when to stop.
-
-    Each better validation loss saves the model's weights (with the vocabulary and configuration)
-    to checkpoint_dir; after `patience` epochs without a better one, should_stop is True.
-    """
+    """Keep the best epoch by validation loss, saving its checkpoint; should_stop after `patience` worse epochs."""
 
     def __init__(self, patience, checkpoint_dir, vocab=None, config=None):
         self.patience, self.checkpoint_dir = patience, Path(checkpoint_dir)
@@ -1201,23 +1028,6 @@ class EarlyStopping:
         return self.epoch - self.best_epoch >= self.patience
 
 
-def averaging_window(best_epoch, last_epoch, size):
-    """The `size` consecutive epochs around best_epoch, within 1..last_epoch, whose weights are averaged.
-
-    The window is centred on the best epoch (one more epoch after it than before when `size` is
-    even), moved inwards where it would run past the first or the last epoch, and shortened to
-    every epoch when there are fewer than `size`.
-    """
-    if not 1 <= best_epoch <= last_epoch:
-        raise ValueError(f"best_epoch {best_epoch} is not an epoch of 1..{last_epoch}")
-    if size < 1:
-        raise ValueError(f"an averaging window needs at least one epoch, got size {size}")
-    size = min(size, last_epoch)
-    first = best_epoch - (size - 1) // 2
-    first = max(1, min(first, last_epoch - size + 1))
-    return list(range(first, first + size))
-
-
 class StopOnInterrupt:
     """A `with` block that ends quietly on KeyboardInterrupt (the kernel's stop button) and remembers it."""
 
@@ -1233,6 +1043,7 @@ class StopOnInterrupt:
         return False
 
 
+# --------------------------------------------------------------------------- prediction and metrics
 @torch.no_grad()
 def predict_logits(model, batches, device):
     """The model's logit for every example of batches, in the examples' original order."""
@@ -1256,9 +1067,19 @@ def sigmoid(logits):
     return np.exp(-np.logaddexp(0, -np.asarray(logits, dtype=np.float64)))  # no overflow for large |logit|
 
 
-def predict_batches(model, batches, device):
-    """Probabilities of 'positive' for every example of batches, in the examples' original order."""
-    return sigmoid(predict_logits(model, batches, device))
+def predict_proba(model, texts, vocab, max_length, device, batch_size=64):
+    """Probability of 'positive' for each text; each review is read up to its first max_length tokens."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"a review must be a str, got {type(text).__name__} (item {i})")
+        if not text.strip():
+            raise ValueError(f"review {i} is empty or only whitespace; there is nothing to classify")
+    token_lists = [tokenize(text) for text in texts]
+    for i, tokens in enumerate(token_lists):
+        if not tokens:
+            raise ValueError(f"review {i} has no words once HTML markup is removed: {texts[i][:60]!r}")
+    encoded = [numericalize(tokens, vocab, max_length) for tokens in token_lists]
+    return sigmoid(predict_logits(model, BucketBatches(encoded, [0] * len(encoded), batch_size), device))
 
 
 def binary_metrics(probs, labels, threshold=0.5):
@@ -1269,8 +1090,7 @@ def binary_metrics(probs, labels, threshold=0.5):
     tn = int(np.sum(~predicted & (labels == 0)))
     fp = int(np.sum(predicted & (labels == 0)))
     fn = int(np.sum(~predicted & (labels == 1)))
-    eps = 1e-7  # keeps log(0) finite, as torch's BCE loss clamps it
-    clipped = np.clip(probs, eps, 1 - eps)
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)  # keeps log(0) finite, as torch's BCE loss clamps it
     loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -1279,15 +1099,53 @@ def binary_metrics(probs, labels, threshold=0.5):
             "f1": f1, "confusion_matrix": [[tn, fp], [fn, tp]]}
 
 
-# --------------------------------------------------------------------------- the n-gram baseline
+def known_fraction(text, vocab):
+    """The share of a text's tokens that the vocabulary knows."""
+    tokens = tokenize(text)
+    unk = vocab[UNK_TOKEN]
+    return sum(vocab[t] != unk for t in tokens) / max(len(tokens), 1)
 
 
-def nb_log_count_ratios(features, labels, alpha=1.0):
-    """Naive-Bayes log-count ratio of each feature: log((p / |p|_1) / (q / |q|_1)).
+def write_predictions(path, line_numbers, reviews, probabilities):
+    """Write predictions.csv: line number, label, probability of positive and the review."""
+    rows = ["line,label,prob_positive,review"]
+    for number, review, prob in zip(line_numbers, reviews, probabilities, strict=True):
+        quoted = '"' + review.replace('"', '""') + '"'
+        rows.append(f"{number},{LABEL_NAMES[int(prob >= 0.5)]},{prob:.6f},{quoted}")
+    write_atomic(path, "\n".join(rows) + "\n")
 
-    p is alpha plus the feature's column sum over the positive examples, q the same over the
-    negative ones (Wang & Manning, 2012). Positive ratios mark features of positive reviews.
+
+def read_review_file(path):
+    """Read one review per line: returns (reviews, their line numbers, the numbers of lines with no words).
+
+    Lines end at \\n or \\r\\n only: \\x85 (in 321 of IMDB's test reviews) or U+2028 stay inside a review.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predict_file {path} does not exist or is not a file")
+    try:
+        text = path.read_bytes().decode("utf-8")  # bytes: no universal-newline translation of a lone \r
+    except UnicodeDecodeError as err:
+        raise ValueError(f"predict_file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no line of its own
+    reviews, numbers, skipped = [], [], []
+    for number, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")
+        if tokenize(line):
+            reviews.append(line)
+            numbers.append(number)
+        else:
+            skipped.append(number)
+    if not reviews:
+        raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
+    return reviews, numbers, skipped
+
+
+# --------------------------------------------------------------------------- the n-gram baseline
+def nb_log_count_ratios(features, labels, alpha=1.0):
+    """Naive-Bayes log-count ratio of each feature, alpha-smoothed, positive for positive reviews (Wang & Manning)."""
     labels = np.asarray(labels)
     if set(np.unique(labels).tolist()) != {0, 1}:
         raise ValueError("the labels must hold both classes, 0 and 1")
@@ -1296,50 +1154,38 @@ def nb_log_count_ratios(features, labels, alpha=1.0):
     return np.log((p / p.sum()) / (q / q.sum())).astype(np.float32)
 
 
-class NBNgramFeatures:
-    """Binary word n-gram features scaled by their naive-Bayes log-count ratios (the features of NBSVM).
+def _same(tokens):
+    return tokens
 
-    `fit` learns the n-grams and their ratios from training token lists only: an n-gram that no
-    training review holds has no column, so it carries no weight whatever reviews come later.
-    """
+
+class NBNgramFeatures:
+    """Binary word n-gram features scaled by their naive-Bayes log-count ratios (NBSVM), learnt on training only."""
 
     def __init__(self, ngram_range=(1, 2), alpha=1.0):
         self.ngram_range, self.alpha = tuple(ngram_range), alpha
 
-    def _counts(self, token_lists, fit=False):
-        if fit:
-            from sklearn.feature_extraction.text import CountVectorizer
-
-            # The token lists are ours already (helpers.tokenize): no second tokenizer, no lower-casing.
-            self.vectorizer = CountVectorizer(tokenizer=_same, preprocessor=_same, token_pattern=None,
-                                              lowercase=False, ngram_range=self.ngram_range, binary=True,
-                                              dtype=np.float32)
-            return self.vectorizer.fit_transform(token_lists)
-        return self.vectorizer.transform(token_lists)
-
     def fit(self, token_lists, labels):
         """Learn the vocabulary of n-grams and their ratios; returns self."""
-        self.ratios = nb_log_count_ratios(self._counts(token_lists, fit=True), labels, self.alpha)
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        # The token lists are ours already (helpers.tokenize): no second tokenizer, no lower-casing.
+        self.vectorizer = CountVectorizer(tokenizer=_same, preprocessor=_same, token_pattern=None, lowercase=False,
+                                          ngram_range=self.ngram_range, binary=True, dtype=np.float32)
+        self.ratios = nb_log_count_ratios(self.vectorizer.fit_transform(token_lists), labels, self.alpha)
         return self
 
     def transform(self, token_lists):
         """A sparse matrix: row i holds the ratios of the n-grams that review i contains, 0 elsewhere."""
         if not hasattr(self, "ratios"):
             raise RuntimeError("call fit(training token lists, labels) before transform")
-        return self._counts(token_lists).multiply(self.ratios).tocsr()
+        return self.vectorizer.transform(token_lists).multiply(self.ratios).tocsr()
 
     def feature_names(self):
         """The n-grams, in column order."""
         return self.vectorizer.get_feature_names_out()
 
 
-def _same(tokens):
-    return tokens
-
-
 # --------------------------------------------------------------------------- checkpoints
-
-
 WEIGHTS_FILE = "weights.safetensors"
 LEGACY_WEIGHTS_FILE = "weights.pt"
 
@@ -1349,11 +1195,7 @@ class UntrustedCheckpointError(ValueError):
 
 
 def save_checkpoint(folder, model, vocab=None, config=None):
-    """Save the weights (weights.safetensors) and, if given, the vocabulary and config as JSON, atomically.
-
-    safetensors holds only tensors (names, dtypes, shapes, raw numbers), so reading one back can
-    never run code, unlike torch's pickle-based .pt files.
-    """
+    """Save the weights as safetensors (which, unlike a pickle, cannot run code) and vocab and config as JSON."""
     from safetensors.torch import save as safetensors_bytes
 
     folder = Path(folder)
@@ -1405,9 +1247,7 @@ def load_checkpoint(folder):
 def convert_legacy_checkpoint(folder, trust_pickled_file=False):
     """Rewrite an old checkpoint's weights.pt as weights.safetensors; only for a file whose maker you trust.
 
-    This is the one place where the project unpickles anything, and it does so only when asked to
-    with trust_pickled_file=True: torch.load can run code from a crafted file even with
-    weights_only=True on the pinned torch 2.3.1 (CVE-2025-32434, CVE-2026-24747).
+    The one place that unpickles: torch 2.3.1's weights_only=True can still run code (CVE-2025-32434).
     """
     folder = Path(folder)
     legacy = folder / LEGACY_WEIGHTS_FILE
@@ -1425,16 +1265,6 @@ def convert_legacy_checkpoint(folder, trust_pickled_file=False):
     return folder / WEIGHTS_FILE
 
 
-def member_weights(state, index):
-    """The weights of member `index` of an ensemble's state_dict (whose names start "members.<index>.")."""
-    prefix = f"members.{index}."
-    member = {name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)}
-    if not member:
-        members = sorted({int(name.split(".")[1]) for name in state if name.startswith("members.")})
-        raise ValueError(f"the checkpoint has no member {index}; its members: {members or 'none (not an ensemble)'}")
-    return member
-
-
 def load_weights(model, state):
     """Load a state_dict into model, or raise naming the parts whose names, shapes or dtypes differ."""
     own = model.state_dict()
@@ -1449,84 +1279,11 @@ def load_weights(model, state):
     model.load_state_dict(state)
 
 
-# --------------------------------------------------------------------------- prediction
-
-
-@torch.no_grad()
-def predict_proba(model, texts, vocab, max_length, device, batch_size=64):
-    """Probability of 'positive' for each text; each review is read up to its first max_length tokens."""
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"a review must be a str, got {type(text).__name__} (item {i})")
-        if not text.strip():
-            raise ValueError(f"review {i} is empty or only whitespace; there is nothing to classify")
-    token_lists = [tokenize(text) for text in texts]
-    for i, tokens in enumerate(token_lists):
-        if not tokens:
-            raise ValueError(f"review {i} has no words once HTML markup is removed: {texts[i][:60]!r}")
-    encoded = [numericalize(tokens, vocab, max_length) for tokens in token_lists]
-    batches = BucketBatches(encoded, [0] * len(encoded), batch_size)
-    return predict_batches(model, batches, device)
-
-
-def known_fraction(text, vocab):
-    """The share of a text's tokens that the vocabulary knows."""
-    tokens = tokenize(text)
-    unk = vocab[UNK_TOKEN]
-    return sum(vocab[t] != unk for t in tokens) / max(len(tokens), 1)
-
-
-def write_predictions(path, line_numbers, reviews, probabilities):
-    """Write predictions.csv: line number, label, probability of positive and the review."""
-    rows = ["line,label,prob_positive,review"]
-    for number, review, prob in zip(line_numbers, reviews, probabilities, strict=True):
-        quoted = '"' + review.replace('"', '""') + '"'
-        rows.append(f"{number},{LABEL_NAMES[int(prob >= 0.5)]},{prob:.6f},{quoted}")
-    write_atomic(path, "\n".join(rows) + "\n")
-
-
-def read_review_file(path):
-    """Read one review per line: returns (reviews, their line numbers, skipped line numbers).
-
-    Lines end at \\n or \\r\\n only: characters such as \\x85 (NEL, in 321 of IMDB's test reviews)
-    or U+2028, which str.splitlines() would also break at, stay inside their review. A line
-    with no words (blank, or only markup and spaces) is skipped and its number listed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"predict_file {path} does not exist or is not a file")
-    try:
-        text = path.read_bytes().decode("utf-8")  # bytes: no universal-newline translation of a lone \r
-    except UnicodeDecodeError as err:
-        raise ValueError(f"predict_file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last line starts no line of its own
-    reviews, numbers, skipped = [], [], []
-    for number, line in enumerate(lines, start=1):
-        line = line.removesuffix("\r")
-        if tokenize(line):
-            reviews.append(line)
-            numbers.append(number)
-        else:
-            skipped.append(number)
-    if not reviews:
-        raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
-    return reviews, numbers, skipped
-
-
-# --------------------------------------------------------------------------- explanations
-
-
+# --------------------------------------------------------------------------- explanations and display
 def integrated_gradients(model, token_ids, device, steps=64, max_tokens=MAX_BATCH_TOKENS):
-    """Each token's contribution to the logit, by integrated gradients on the embeddings.
+    """Each token's contribution to the logit by integrated gradients from an all-<pad> review.
 
-    The baseline is the same review made only of <pad> tokens, whose embeddings are zero. The
-    gradient of the logit is averaged along the straight path from the baseline to the review's
-    embeddings (trapezoid rule over `steps` intervals) and multiplied by the embedding, summed
-    over its dimensions. By completeness the contributions add up to logit(review) minus
-    logit(baseline). The model must offer forward_embedded(embedded, lengths).
-    Returns (contributions, logit, baseline_logit).
+    Returns (contributions, logit, baseline_logit); the model must offer forward_embedded(embedded, lengths).
     """
     model.eval()
     tokens = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, seq_len]
@@ -1537,9 +1294,8 @@ def integrated_gradients(model, token_ids, device, steps=64, max_tokens=MAX_BATC
     alphas = torch.linspace(0, 1, steps + 1, device=device).view(-1, 1, 1)  # [steps + 1, 1, 1]
     path = baseline + alphas * (embedded - baseline)  # [steps + 1, seq_len, dim]
     gradients, logits = [], []
-    # The points of the path in parts of at most max_tokens tokens (as training's batches): each
-    # point's gradient is its own, and a long review's 65 copies would need as much memory as a step.
-    # cuDNN computes LSTM gradients only in training mode; the plain kernels work in eval mode.
+    # The points of the path in parts of at most max_tokens tokens, as training's batches. cuDNN
+    # computes LSTM gradients only in training mode; the plain kernels work in eval mode.
     with torch.backends.cudnn.flags(enabled=False):
         for part in batch_parts(steps + 1, len(token_ids), max_tokens):
             points = path[part].requires_grad_(True)
@@ -1576,11 +1332,7 @@ def strongest_window(contributions, size):
 
 
 class ShadedTokens:
-    """Tokens shaded by contribution: HTML in Jupyter, and a plain-text form elsewhere.
-
-    The text form marks the strongest tokens with their contribution, e.g. `superb[+0.81]`,
-    so that a static page or a terminal still shows what the shading shows.
-    """
+    """Tokens shaded by contribution: HTML in Jupyter; elsewhere text marking the strongest, e.g. `superb[+0.81]`."""
 
     def __init__(self, tokens, contributions, caption="", n_marked=8):
         self.tokens, self.contributions, self.caption = list(tokens), np.asarray(contributions), caption
@@ -1625,14 +1377,9 @@ class Table:
                          for row in cells)
 
 
-# --------------------------------------------------------------------------- calibration
-
-
+# --------------------------------------------------------------------------- calibration and error analysis
 def expected_calibration_error(probs, labels, n_bins=10):
-    """ECE of the predicted label's confidence (Guo et al., 2017), with equal-width bins on [0.5, 1].
-
-    Returns (ece, bins), where bins lists (mean confidence, accuracy, count) per non-empty bin.
-    """
+    """(ECE, bins) of the predicted label's confidence, bins on [0.5, 1] of (confidence, accuracy, count)."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     confidence = np.maximum(probs, 1 - probs)
     correct = (probs >= 0.5) == (labels == 1)
@@ -1664,11 +1411,7 @@ def fit_temperature(logits, labels):
 
 
 def accuracy_by_length(token_counts, probs, labels, max_length, n_bins=4):
-    """Accuracy by review length: returns (bin labels, accuracies, counts).
-
-    Reviews that fit in max_length are split into n_bins bins of about equal size; the reviews
-    longer than max_length, which the model reads only in part, get a last bin of their own.
-    """
+    """(bin labels, accuracies, counts) by review length: n_bins of equal size, then those cut at max_length."""
     token_counts, labels = np.asarray(token_counts), np.asarray(labels)
     correct = (np.asarray(probs) >= 0.5) == (labels == 1)
     fits = token_counts <= max_length
@@ -1690,6 +1433,12 @@ def accuracy_by_length(token_counts, probs, labels, max_length, n_bins=4):
 
 
 # --------------------------------------------------------------------------- plots
+def _save(fig, path):
+    """Save fig under path (at 120 dpi) if a path is given; return it, for the notebook to show."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 def plot_history(history, path=None):
@@ -1709,11 +1458,7 @@ def plot_history(history, path=None):
 
 
 def plot_lengths(token_counts, max_length, path=None, also_mark=(400,)):
-    """Histogram of review lengths in tokens, with max_length (and other lengths worth comparing) marked.
-
-    The axis stops where 99.5 % of the reviews are in (or just past the marks); the title says
-    how many longer reviews lie beyond it.
-    """
+    """Histogram of review lengths in tokens up to the 99.5th percentile, with max_length and `also_mark` marked."""
     import matplotlib.pyplot as plt
 
     token_counts = np.asarray(token_counts)
@@ -1754,8 +1499,7 @@ def plot_attributions(tokens, contributions, title, path=None, width_in_chars=11
     """The review's words shaded by contribution (green: towards positive, red: towards negative)."""
     import matplotlib.pyplot as plt
 
-    # Flow the words into lines by their length in characters, as a text would wrap.
-    lines, line, used = [], [], 0
+    lines, line, used = [], [], 0  # the words flowed into lines by their length, as a text would wrap
     for token, value in zip(tokens, contributions, strict=True):
         if line and used + len(token) + 1 > width_in_chars:
             lines.append(line)
@@ -1782,8 +1526,7 @@ def plot_accuracy_by_length(names, accuracies, counts, path=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    colors = ["tab:orange" if name.startswith(">") else "tab:blue" for name in names]
-    bars = ax.bar(names, accuracies, color=colors)
+    bars = ax.bar(names, accuracies, color=["tab:orange" if name.startswith(">") else "tab:blue" for name in names])
     for bar, accuracy, count in zip(bars, accuracies, counts, strict=True):
         ax.annotate(f"{accuracy:.3f}\n{count:,} reviews", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=8)
@@ -1819,12 +1562,11 @@ def plot_padding_demo(tokens, lengths, reversed_tokens, mask, path=None):
 
     panels = (("padded batch (0 = <pad>)", tokens), ("reversed within each length", reversed_tokens),
               ("pooling mask (1 = real token)", mask.long()))
+    is_pad = ~mask.numpy()
     fig, axes = plt.subplots(1, 3, figsize=(11, 2.3))
     for ax, (title, grid) in zip(axes, panels, strict=True):
-        grid = grid.numpy()
-        is_pad = ~mask.numpy()
         ax.imshow(is_pad, cmap=ListedColormap(["#cfe3f7", "#eeeeee"]), vmin=0, vmax=1)
-        for (row, col), value in np.ndenumerate(grid):
+        for (row, col), value in np.ndenumerate(grid.numpy()):
             ax.text(col, row, str(value), ha="center", va="center", fontsize=10,
                     color="grey" if is_pad[row, col] else "black")
         ax.set(title=title, xlabel="position", xticks=range(grid.shape[1]), yticks=range(grid.shape[0]),
@@ -1835,16 +1577,144 @@ def plot_padding_demo(tokens, lengths, reversed_tokens, mask, path=None):
     return _save(fig, path)
 
 
-def _save(fig, path):
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+
+# Okabe-Ito colours, which stay distinct under the common kinds of colour blindness.
+SKY, ORANGE, BLUE, VERMILLION, GREEN, YELLOW = "#56B4E9", "#E69F00", "#0072B2", "#D55E00", "#009E73", "#F0E442"
+
+
+def _box(ax, x, y, w, h, text="", fill="white", fontsize=11, **text_style):
+    """A rounded box of size w × h centred on (x, y), with text in it."""
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0,rounding_size=0.06",
+                                facecolor=fill, edgecolor="black", linewidth=1.0, zorder=2))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, zorder=3, **text_style)
+
+
+def _circle(ax, x, y, text, radius=0.3):
+    """A point-wise operation: a small circle with ⊙, × or + in it."""
+    from matplotlib.patches import Circle
+
+    ax.add_patch(Circle((x, y), radius, facecolor=YELLOW, edgecolor="black", linewidth=1.0, zorder=2))
+    ax.text(x, y, text, ha="center", va="center", fontsize=12, zorder=3)
+
+
+def _arrow(ax, *points, color="black", width=1.3):
+    """A line through the points, with an arrowhead on its last segment."""
+    xs, ys = zip(*points, strict=True)
+    ax.plot(xs[:-1], ys[:-1], color=color, linewidth=width, solid_capstyle="butt", zorder=1)
+    ax.annotate("", xy=points[-1], xytext=points[-2], zorder=1,
+                arrowprops={"arrowstyle": "-|>", "color": color, "linewidth": width, "shrinkA": 0, "shrinkB": 0})
+
+
+def plot_lstm_cell(path=None):
+    """One LSTM cell at time step t: its four gates, the cell state across the top and h_t out, with the equations."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.set(xlim=(0, 18), ylim=(0, 8.3), aspect="equal")
+    ax.set_axis_off()
+    ax.add_patch(FancyBboxPatch((1.2, 0.9), 10.4, 7.0, boxstyle="round,pad=0,rounding_size=0.3",
+                                facecolor="#f4f4f4", edgecolor="grey", zorder=0))
+    # The cell state runs straight across: it is only scaled and added to, which lets gradients flow far back.
+    for start, end in (((0.2, 7.0), (2.5, 7.0)), ((3.1, 7.0), (5.0, 7.0)), ((5.6, 7.0), (12.6, 7.0))):
+        _arrow(ax, start, end, color=BLUE, width=2.5)
+    ax.text(0.2, 7.3, "$c_{t-1}$", fontsize=12, color=BLUE)
+    ax.text(12.7, 7.0, "$c_t$", fontsize=12, color=BLUE, va="center")
+    _circle(ax, 2.8, 7.0, r"$\times$")
+    _circle(ax, 5.3, 7.0, "$+$")
+    # The inputs: h_{t-1} from the left and x_t from below, joined into one vector that feeds every gate.
+    ax.plot([0.2, 8.0], [1.7, 1.7], color="black", linewidth=1.3, zorder=1)
+    _arrow(ax, (2.0, 0.05), (2.0, 1.7))
+    ax.text(0.2, 2.0, "$h_{t-1}$", fontsize=12)
+    ax.text(1.75, 0.35, "$x_t$", fontsize=12, ha="right")
+    ax.text(5.2, 1.3, r"$[x_t,\ h_{t-1}]$", fontsize=10, ha="center", va="center")
+    gates = ((2.8, r"$\sigma$", SKY), (4.4, r"$\sigma$", SKY), (6.2, r"$\tanh$", ORANGE), (8.0, r"$\sigma$", SKY))
+    for x, text, color in gates:  # forget, input, candidate, output
+        _arrow(ax, (x, 1.7), (x, 3.0))
+        ax.plot(x, 1.7, "o", color="black", markersize=4, zorder=2)
+        _box(ax, x, 3.4, 1.0, 0.8, text, color, fontsize=13 if color == SKY else 11)
+    _arrow(ax, (2.8, 3.8), (2.8, 6.7))
+    ax.text(2.95, 5.3, "$f_t$", fontsize=12, va="center")
+    _arrow(ax, (4.4, 3.8), (4.4, 5.3), (5.0, 5.3))
+    ax.text(4.25, 4.55, "$i_t$", fontsize=12, ha="right", va="center")
+    _arrow(ax, (6.2, 3.8), (6.2, 5.3), (5.6, 5.3))
+    ax.text(6.35, 4.55, "$g_t$", fontsize=12, va="center")
+    _circle(ax, 5.3, 5.3, r"$\odot$")
+    _arrow(ax, (5.3, 5.6), (5.3, 6.7))
+    ax.text(5.45, 6.15, r"$i_t \odot g_t$", fontsize=10, va="center")
+    # Output: h_t is a gated, squashed copy of the new cell state.
+    _arrow(ax, (9.6, 7.0), (9.6, 5.6), color=BLUE)
+    ax.plot(9.6, 7.0, "o", color=BLUE, markersize=5, zorder=2)
+    _box(ax, 9.6, 5.3, 1.0, 0.6, r"$\tanh$", ORANGE)
+    _arrow(ax, (9.6, 5.0), (9.6, 3.7))
+    _arrow(ax, (8.5, 3.4), (9.3, 3.4))
+    ax.text(8.9, 3.6, "$o_t$", fontsize=11, ha="center", va="bottom")
+    _circle(ax, 9.6, 3.4, r"$\odot$")
+    _arrow(ax, (9.9, 3.4), (12.6, 3.4), color=VERMILLION, width=2.0)
+    ax.text(12.7, 3.4, "$h_t$", fontsize=12, color=VERMILLION, va="center")
+    equations = (("forget gate", r"$f_t = \sigma(W_f[x_t, h_{t-1}] + b_f)$"),
+                 ("input gate", r"$i_t = \sigma(W_i[x_t, h_{t-1}] + b_i)$"),
+                 ("candidate", r"$g_t = \tanh(W_g[x_t, h_{t-1}] + b_g)$"),
+                 ("output gate", r"$o_t = \sigma(W_o[x_t, h_{t-1}] + b_o)$"),
+                 ("new cell state", r"$c_t = f_t \odot c_{t-1} + i_t \odot g_t$"),
+                 ("new hidden state", r"$h_t = o_t \odot \tanh(c_t)$"))
+    for k, (name, equation) in enumerate(equations):
+        ax.text(13.6, 7.6 - 1.2 * k, name, fontsize=9, color="dimgrey")
+        ax.text(13.6, 7.15 - 1.2 * k, equation, fontsize=10)
+    ax.set_title("One LSTM cell at time step $t$", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_pipeline(path=None):
+    """The classifier from review text to P(positive), one stage per column, with each stage's shape below it."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.set(xlim=(0, 9), ylim=(0.3, 4.5), aspect="equal")  # one unit is one inch
+    ax.set_axis_off()
+    tokens, ids = "this movie was not bad at all".split(), [12, 19, 14, 30, 81, 33, 40]
+    rows = [3.5 - 0.4 * k for k in range(len(tokens))]  # positions run down the page, one row per token
+    middle = rows[3]
+    stages = ((0.55, "review", "1 string"), (1.6, "tokens", "7 tokens"), (2.35, "token\nids", "7 ids"),
+              (3.2, "word\nvectors", r"7 $\times$ 128"), (4.55, "bidirectional\nLSTM", r"7 $\times$ 2$\cdot$128"),
+              (5.85, "max over\ntime", "256"), (6.7, "fully\nconnected", "1 logit"),
+              (7.55, "sigmoid", "probability"), (8.45, "P(positive)", "> 0.5:\npositive"))
+    for x, title, caption in stages:
+        ax.text(x, 4.05, title, ha="center", va="center", fontsize=9.5)
+        ax.text(x, 0.82, caption, ha="center", va="top", fontsize=9, color="dimgrey")
+    _box(ax, 0.55, middle, 1.0, 1.0, "“this movie\nwas not bad\nat all”", "white", fontsize=8.5, style="italic")
+    embedding = np.random.default_rng(0).uniform(-1, 1, (len(tokens), 5))
+    for y, token, token_id, vector in zip(rows, tokens, ids, embedding, strict=True):
+        _box(ax, 1.6, y, 0.62, 0.3, token, "#eeeeee", fontsize=9)
+        _box(ax, 2.35, y, 0.42, 0.3, str(token_id), "white", fontsize=9)
+        for j, value in enumerate(vector):
+            ax.add_patch(plt.Rectangle((2.9 + 0.12 * j, y - 0.15), 0.12, 0.3, facecolor=plt.cm.cividis((value + 1) / 2),
+                                       edgecolor="white", linewidth=0.8))
+        # The forward LSTM reads positions in order (downwards here), the backward one in reverse (upwards).
+        _box(ax, 4.25, y, 0.42, 0.28, "", ORANGE)
+        _box(ax, 4.85, y, 0.42, 0.28, "", SKY)
+    for upper, lower in itertools.pairwise(rows):
+        _arrow(ax, (4.25, upper - 0.14), (4.25, lower + 0.14), width=1.0)
+        _arrow(ax, (4.85, lower + 0.14), (4.85, upper - 0.14), width=1.0)
+    ax.text(4.25, 3.78, r"fwd $\downarrow$", ha="center", va="center", fontsize=8)
+    ax.text(4.85, 3.78, r"bwd $\uparrow$", ha="center", va="center", fontsize=8)
+    # The pooled vector: the forward half and the backward half, each the maximum over the 7 positions.
+    for k in range(8):
+        _box(ax, 5.85, 3.3 - 0.28 * k, 0.26, 0.24, "", ORANGE if k < 4 else SKY)
+    _box(ax, 6.7, middle, 0.72, 0.6, r"$w^\top v + b$", "white", fontsize=8.5)
+    _box(ax, 7.55, middle, 0.55, 0.55, r"$\sigma$", "white", fontsize=14)
+    _box(ax, 8.45, middle, 0.65, 0.45, "0.91", GREEN, fontsize=11, color="white", weight="bold")
+    for start, end in ((1.05, 1.29), (1.91, 2.14), (2.56, 2.9), (3.5, 4.04), (5.06, 5.72), (5.98, 6.34),
+                       (7.06, 7.27), (7.83, 8.12)):
+        _arrow(ax, (start, middle), (end, middle), color="dimgrey", width=1.2)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- command line
-
-
 def main(argv=None):
     """`python helpers.py convert-checkpoint FOLDER --trust-pickled-file`: the one command line this module has."""
     import argparse

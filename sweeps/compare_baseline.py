@@ -20,9 +20,7 @@ three seeds): a difference is "beyond noise" only when that interval excludes 0.
 """
 
 import argparse
-import csv
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -30,9 +28,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+if __package__:  # imported as sweeps.compare_baseline
+    from .stats import paired, write_csv
+else:  # run as a script: sweeps/ is on sys.path
+    from stats import paired, write_csv
+
 REPO = Path(__file__).resolve().parents[1]
-# Two-sided 97.5 % quantiles of Student's t, by degrees of freedom (scipy.stats.t.ppf(0.975, df)).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 MODELS = (("ngram", "n-gram baseline"), ("lstm", "LSTM"), ("combined", "LSTM + n-grams"))
 COMPARISONS = (("lstm", "ngram"), ("combined", "ngram"), ("combined", "lstm"))
 CV_FOLDS = 10
@@ -128,10 +129,8 @@ def rule_rows(run_dir):
 
 def summary_rows(rows):
     """Each model's mean ± sd, and each paired difference's mean, standard error and t interval (points)."""
-    n = len(rows)
-    if n < 2:
+    if len(rows) < 2:
         raise SystemExit("error: give at least two runs: one run has no spread")
-    t = T_975[n - 1]
     out = []
     for split in ("valid", "test"):
         for key, name in MODELS:
@@ -139,12 +138,10 @@ def summary_rows(rows):
             out.append({"split": split, "what": name, "mean": statistics.mean(values),
                         "sd": statistics.stdev(values), "se": "", "ci_low": "", "ci_high": "", "beyond_noise": ""})
         for a, b in COMPARISONS:
-            diffs = [100 * (r[f"{a}_{split}_acc"] - r[f"{b}_{split}_acc"]) for r in rows]
-            mean, se = statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(n)
-            low, high = mean - t * se, mean + t * se
-            out.append({"split": split, "what": f"{dict(MODELS)[a]} minus {dict(MODELS)[b]} (points)", "mean": mean,
-                        "sd": statistics.stdev(diffs), "se": se, "ci_low": low, "ci_high": high,
-                        "beyond_noise": "yes" if low > 0 or high < 0 else "no"})
+            what = f"{dict(MODELS)[a]} minus {dict(MODELS)[b]} (points)"
+            c = paired([r[f"{a}_{split}_acc"] for r in rows], [r[f"{b}_{split}_acc"] for r in rows], 100, what)
+            out.append({"split": split, "what": what, "mean": c.mean, "sd": c.se * np.sqrt(c.n), "se": c.se,
+                        "ci_low": c.low, "ci_high": c.high, "beyond_noise": "yes" if c.beyond_noise else "no"})
     return out
 
 
@@ -182,13 +179,6 @@ def markdown_tables(rows, summary, rules):
         lines.append(f"| {name} | " + " | ".join(f"{by_seed[seed]['cv_valid_acc']:.4f} / "
                                                  f"{by_seed[seed]['cv_valid_log_loss']:.4f}" for seed in seeds) + " |")
     return "\n".join(lines) + "\n"
-
-
-def write_csv(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv=None):

@@ -7,9 +7,10 @@
 
 A sweep file (YAML) holds `base` parameters shared by every run, and `runs` (a list of named
 parameter sets), a `grid` (every combination of the listed values), or both (each named run
-crossed with the grid). A named run may also carry an `edit` ({find: ..., replace: ...}): a
-change to the notebook's code that is no parameter (exercise 6 uses one); it is made in a copy
-of the notebook saved in the run's folder, and the text to find must occur exactly once.
+crossed with the grid). A named run may also carry an `edit` ({find: ..., replace: ...}, or a list
+of them, made in turn): a change to the notebook's code that is no parameter (exercise 6 uses one;
+the options that left the lesson, in sweeps/options.py, are run through such edits); it is made in
+a copy of the notebook saved in the run's folder, and each text to find must occur exactly once.
 With `seeds: [42, 1, 2]` every configuration runs once per seed (folders `<run>_seed-<seed>`),
 and summary_by_config.{csv,md} reports each configuration's mean, standard deviation and
 number of seeds, and its difference from the reference configuration (the run named
@@ -55,6 +56,11 @@ from pathlib import Path
 
 import yaml
 
+if __package__:  # imported as sweeps.sweep
+    from .stats import t_quantile, welch_degrees_of_freedom
+else:  # run as a script, or imported as sweep with sweeps/ on sys.path (the tests)
+    from stats import t_quantile, welch_degrees_of_freedom
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
 KERNEL = "sentiment-lstm"
@@ -99,9 +105,12 @@ def expand(spec, valid_names):
     used = set(base) | set(grid) | {k for run in named for k in run if k not in ("name", EDIT)}
     for run in named:
         edit = run.get(EDIT)
-        if edit is not None and not (isinstance(edit, dict) and set(edit) == {"find", "replace"}
-                                     and all(isinstance(v, str) and v for v in edit.values())):
-            raise SweepError(f"run {run.get('name')!r}: 'edit' must map 'find' and 'replace' to non-empty texts")
+        edits = edit if isinstance(edit, list) else [edit]
+        if edit is not None and not (edits and all(isinstance(e, dict) and set(e) == {"find", "replace"}
+                                                   and all(isinstance(v, str) and v for v in e.values())
+                                                   for e in edits)):
+            raise SweepError(f"run {run.get('name')!r}: 'edit' must map 'find' and 'replace' to non-empty texts "
+                             "(or be a list of such mappings)")
     misspelt = sorted(used - set(valid_names))
     if misspelt:
         raise SweepError(f"unknown parameters: {', '.join(misspelt)}. Valid names: {', '.join(valid_names)}")
@@ -149,14 +158,15 @@ def is_complete(run_dir):
 
 
 def edited_notebook(edit, destination, notebook=NOTEBOOK):
-    """Write a copy of the notebook with one code change; raise unless the text occurs exactly once."""
+    """Write a copy of the notebook with code changes made in turn; raise unless each text occurs exactly once."""
     source = json.loads(Path(notebook).read_text(encoding="utf-8"))
-    cells = [c for c in source["cells"] if c["cell_type"] == "code" and edit["find"] in "".join(c["source"])]
-    count = sum("".join(c["source"]).count(edit["find"]) for c in cells)
-    if count != 1:
-        raise SweepError(f"the edit's text {edit['find']!r} occurs {count} times in the notebook's code; "
-                         "it must occur once")
-    cells[0]["source"] = "".join(cells[0]["source"]).replace(edit["find"], edit["replace"])
+    for change in edit if isinstance(edit, list) else [edit]:
+        cells = [c for c in source["cells"] if c["cell_type"] == "code" and change["find"] in "".join(c["source"])]
+        count = sum("".join(c["source"]).count(change["find"]) for c in cells)
+        if count != 1:
+            raise SweepError(f"the edit's text {change['find']!r} occurs {count} times in the notebook's code; "
+                             "it must occur once")
+        cells[0]["source"] = "".join(cells[0]["source"]).replace(change["find"], change["replace"])
     Path(destination).write_text(json.dumps(source, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(destination)
 
@@ -537,7 +547,9 @@ def summarise_by_configuration(sweep_dir, runs, rows, varied):
 
     Each configuration is compared with the reference (the one named `default` or `baseline`,
     else the first): the difference of mean validation accuracies, its standard error
-    sqrt(sd1^2/n1 + sd2^2/n2), and whether the difference exceeds twice that standard error.
+    sqrt(sd1^2/n1 + sd2^2/n2), and whether the difference is beyond noise: larger than the t
+    distribution's 97.5 % quantile times that standard error (Welch's degrees of freedom; with three
+    seeds each, about 2.8 standard errors, not 2).
     """
     configs = list(dict.fromkeys(configuration(name) for name in runs))
     reference = next((c for c in configs if c in ("default", "baseline")), configs[0])
@@ -559,7 +571,9 @@ def summarise_by_configuration(sweep_dir, runs, rows, varied):
         if row["valid_acc_sd"] is not None and ref["valid_acc_sd"] is not None:
             row["vs_reference_se"] = math.sqrt(row["valid_acc_sd"] ** 2 / row["seeds"]
                                                + ref["valid_acc_sd"] ** 2 / ref["seeds"])
-            row["beyond_noise"] = "yes" if abs(row["valid_acc_vs_reference"]) > 2 * row["vs_reference_se"] else "no"
+            df = welch_degrees_of_freedom(row["valid_acc_sd"], row["seeds"], ref["valid_acc_sd"], ref["seeds"])
+            row["beyond_noise"] = "yes" if abs(row["valid_acc_vs_reference"]) > t_quantile(df) * row[
+                "vs_reference_se"] else "no"
     summary.sort(key=lambda r: -(r["valid_acc_mean"] if r["valid_acc_mean"] is not None else -1))
     columns = ["config", *varied, "seeds", "valid_acc_mean", "valid_acc_sd", "valid_loss_mean", "valid_loss_sd",
                "best_valid_acc_mean", "best_valid_acc_sd", "best_valid_loss_mean", "best_valid_loss_sd",
@@ -581,12 +595,14 @@ def summarise_by_configuration(sweep_dir, runs, rows, varied):
 def summarise_averaging(sweep_dir, runs):
     """averaging_by_config.csv: what averaging the weights of 1, 2, ... epochs did, per configuration.
 
-    Every run's notebook measures windows of 1 to 5 epochs around its best epoch on the validation
-    split (metrics.json's "averaging"). For each configuration and window size: the mean and standard
-    deviation over the runs (seeds), and the paired differences of accuracy and loss from the best
-    epoch alone (the same run's window of 1) with their standard errors, sd(differences) / sqrt(n),
-    and whether each exceeds twice its standard error. Configuration "(all)" pools every run of
-    the sweep. Returns the rows; writes nothing if no run recorded an averaging table.
+    Each run of the averaging option (sweeps/options.py) measures windows of 1 to 5 epochs around its
+    best epoch on the validation split (metrics.json's "averaging"). For each configuration and window
+    size: the mean and standard deviation over the runs (seeds), and the paired differences of
+    accuracy and loss from the best epoch alone (the same run's window of 1) with their standard
+    errors, sd(differences) / sqrt(n), and whether each is beyond noise: larger than t(0.975, n - 1)
+    standard errors (4.30 for three runs). Configuration "(all)" pools every run of the sweep.
+    Returns the rows; writes nothing if no
+    run recorded an averaging table (only runs of sweeps/averaging_seeds.yaml do).
     """
     windows = {}  # (config, size) -> [(valid_acc, valid_loss, (valid_acc, valid_loss) of the best epoch alone)]
     for name in runs:
@@ -612,7 +628,8 @@ def summarise_averaging(sweep_dir, runs):
             for metric, index in (("acc", 0), ("loss", 1)):
                 mean, sd = _mean_sd([v[index] - v[2][index] for v in paired])
                 row[f"{metric}_vs_one_epoch"], row[f"{metric}_vs_one_epoch_se"] = mean, sd / math.sqrt(len(paired))
-                row[f"{metric}_beyond_noise"] = "yes" if abs(mean) > 2 * row[f"{metric}_vs_one_epoch_se"] else "no"
+                limit = t_quantile(len(paired) - 1) * row[f"{metric}_vs_one_epoch_se"]
+                row[f"{metric}_beyond_noise"] = "yes" if abs(mean) > limit else "no"
         summary.append(row)
     columns = ["config", "epochs_averaged", "runs", "valid_acc_mean", "valid_acc_sd", "valid_loss_mean",
                "valid_loss_sd", "acc_vs_one_epoch", "acc_vs_one_epoch_se", "acc_beyond_noise", "loss_vs_one_epoch",

@@ -20,6 +20,16 @@ import helpers  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test's own cache folder as the default cache_dir: a test never reads or fills data/cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    for function in (helpers.tokenize_all, helpers.pretrain_word_vectors):
+        defaults = tuple(folder if value is helpers.CACHE_DIR else value for value in function.__defaults__)
+        monkeypatch.setattr(function, "__defaults__", defaults)
+    return folder
+
+
 def make_archive(path, files, extra_members=()):
     """Write a tar.gz holding `files` ({member name: text}) and any extra TarInfo members."""
     with tarfile.open(path, "w:gz") as tar:
@@ -79,6 +89,16 @@ def http_server():
     yield server
     server.shutdown()
     server.server_close()
+
+
+class CreatesAFile:
+    """Unpickling this object calls open(marker, "w"): code from the file runs, and leaves a trace."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
 class TinyModel(nn.Module):

@@ -1,14 +1,16 @@
 """Explanations (integrated gradients), calibration and error analysis helpers."""
 
+
 import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 
 import helpers
 from conftest import TinyModel
-from notebook_code import cell_containing, cell_defining, namespace
+from notebook_code import cell_containing
 
 
 @pytest.mark.parametrize("pooling", ["max", "mean", "last"])
@@ -117,22 +119,6 @@ def test_a_table_rounds_floats_in_text_and_html():
     assert "<td>0.9127</td>" in table._repr_html_()
 
 
-def test_an_ensembles_explanation_averages_its_members_and_stays_complete():
-    torch.manual_seed(2)
-    members = [TinyModel(vocab_size=30, dim=6) for _ in range(3)]
-    vocab = helpers.build_vocab([["a", "film", "i", "loved", "hated"]] * 2, min_freq=1, max_size=30)
-    space = namespace("Ensemble", time=time, vocab=vocab, max_length=50, device="cpu", ig_steps=128)
-    space["model"] = space["Ensemble"](members)
-    exec(cell_defining("explain_review"), space)  # noqa: S102 - the notebook's own function
-    tokens, contributions, logit, baseline_logit = space["explain_review"]("A film I loved")
-    ids = vocab.lookup_indices(tokens)
-    each = [helpers.integrated_gradients(member, ids, "cpu", 128)[0] for member in members]
-    assert np.allclose(contributions, np.mean(each, axis=0))
-    with torch.no_grad():
-        assert logit == pytest.approx(float(space["model"](torch.tensor([ids]), torch.tensor([len(ids)]))), abs=1e-5)
-    assert contributions.sum() == pytest.approx(logit - baseline_logit, abs=0.01 * max(1, abs(logit)))
-
-
 class FixedLogits(torch.nn.Module):
     """A model whose logit for a review is set by the review's first token: logits[token]."""
 
@@ -144,7 +130,7 @@ class FixedLogits(torch.nn.Module):
         return self.table[tokens[:, 0]]
 
 
-def test_the_notebook_fits_the_temperature_on_validation_and_never_on_test():
+def test_the_notebook_fits_the_temperature_on_validation_and_never_on_test(tmp_path):
     # Validation: logits of +-3 that are right 4 times in 5, so the best temperature is a moderate one.
     valid_labels = [1, 1, 1, 1, 0] * 4 + [0, 0, 0, 0, 1] * 4
     valid_ids = [[1]] * 20 + [[2]] * 20  # token 1: logit +3, token 2: logit -3
@@ -154,9 +140,10 @@ def test_the_notebook_fits_the_temperature_on_validation_and_never_on_test():
     test_labels = [1, 0] * 10
     test_logits = np.array([-30.0, 30.0] * 10)
     test_probs = helpers.sigmoid(test_logits)
-    space = {"helpers": helpers, "np": np, "model": model, "valid_batches": valid_batches, "device": "cpu",
+    space = {"helpers": helpers, "np": np, "valid_lstm_logits": helpers.predict_logits(model, valid_batches, "cpu"),
              "valid_labels": valid_labels, "test_logits": test_logits, "test_probs": test_probs,
-             "test_labels": test_labels, "test_metrics": helpers.binary_metrics(test_probs, test_labels)}
+             "test_labels": test_labels, "test_metrics": helpers.binary_metrics(test_probs, test_labels),
+             "display": lambda table: None, "plt": plt, "figures_dir": tmp_path, "time": time, "analysis_start": 0.0}
     exec(cell_containing("helpers.fit_temperature("), space)  # noqa: S102 - the notebook's own cell
     on_validation = helpers.fit_temperature(np.array([3.0] * 20 + [-3.0] * 20), valid_labels)
     assert 1.5 < on_validation < 3 and helpers.fit_temperature(test_logits, test_labels) > 10

@@ -14,19 +14,9 @@ import pytest
 import torch
 
 import helpers
-from conftest import REPO, TinyModel
+from conftest import REPO, CreatesAFile, TinyModel
 
 KERNEL = "sentiment-lstm"
-
-
-class CreatesAFile:
-    """Unpickling this object calls open(marker, "w"): code from the file runs, and leaves a trace."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def crafted_checkpoint(folder, marker, weights_name="weights.pt", vocab=None):

@@ -105,9 +105,9 @@ def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_lin
     reviews = ["great film\x85 superb cast", "awful\u2028boring plot", "dull story"]
     path = write_lines(tmp_path / "reviews.txt", f"{reviews[0]}\n\x85\n{reviews[1]}\n\n{reviews[2]}\n")
     model = notebook_model(len(vocab))
-    space = {"helpers": helpers, "predict_file": str(path), "model": model, "vocab": vocab, "max_length": 50,
-             "device": "cpu", "run_dir": tmp_path}
-    exec(cell_containing("helpers.read_review_file("), space)  # noqa: S102 - the notebook's own cell
+    space = namespace("predict_review", predict_file=str(path), model=model, vocab=vocab, max_length=50,
+                      device="cpu", run_dir=tmp_path)
+    exec(cell_containing("helpers.read_review_file("), space)  # noqa: S102 - the notebook's own cell (and probes)
     with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(row["line"]), row["review"]) for row in rows] == list(zip([1, 3, 5], reviews, strict=True))

@@ -1,12 +1,18 @@
-"""make publish: the committed notebook is a default run that runs as it is, with no path of this machine."""
+"""make publish (sweeps/publish.py): the committed notebook is a default run that runs as it is, with no local path."""
 
 import copy
 import json
+import subprocess
+import sys
 
 import pytest
 
 import helpers
+from conftest import REPO
 from notebook_code import NOTEBOOK
+
+sys.path.insert(0, str(REPO / "sweeps"))
+import publish  # noqa: E402
 
 
 def executed_copy(tmp_path, injected, outputs_text="done\n"):
@@ -37,7 +43,7 @@ LOCATION = {"run_dir": "runs/2026-11-29_010000", "imdb_archive": "../zz-archives
 
 
 def test_a_default_run_is_published_without_its_injected_cell_or_paths(tmp_path):
-    published = helpers.publish_notebook(executed_copy(tmp_path, LOCATION), tmp_path / "published.ipynb")
+    published = publish.publish_notebook(executed_copy(tmp_path, LOCATION), tmp_path / "published.ipynb")
     notebook = json.loads(published.read_text())
     tags = [t for c in notebook["cells"] for t in c.get("metadata", {}).get("tags", [])]
     assert "injected-parameters" not in tags and "parameters" in tags
@@ -53,15 +59,15 @@ def test_a_default_run_is_published_without_its_injected_cell_or_paths(tmp_path)
 def test_a_run_that_is_not_fit_to_commit_is_refused_and_nothing_is_written(tmp_path, injected, outputs, message):
     destination = tmp_path / "published.ipynb"
     with pytest.raises(ValueError, match=message):
-        helpers.publish_notebook(executed_copy(tmp_path, injected, outputs), destination)
+        publish.publish_notebook(executed_copy(tmp_path, injected, outputs), destination)
     assert not destination.exists()
 
 
 def test_a_parameter_given_its_default_value_leaves_the_run_a_default_one(tmp_path):
     # the seeded runs of the README pass -p seed 42 explicitly; seed 1 is another run
-    helpers.publish_notebook(executed_copy(tmp_path, dict(LOCATION, seed=42)), tmp_path / "published.ipynb")
+    publish.publish_notebook(executed_copy(tmp_path, dict(LOCATION, seed=42)), tmp_path / "published.ipynb")
     with pytest.raises(ValueError, match="was run with seed set"):
-        helpers.publish_notebook(executed_copy(tmp_path, dict(LOCATION, seed=1)), tmp_path / "other.ipynb")
+        publish.publish_notebook(executed_copy(tmp_path, dict(LOCATION, seed=1)), tmp_path / "other.ipynb")
 
 
 def test_a_run_with_an_error_or_an_unrun_cell_is_refused(tmp_path):
@@ -72,11 +78,11 @@ def test_a_run_with_an_error_or_an_unrun_cell_is_refused(tmp_path):
         {"output_type": "error", "ename": "ValueError", "evalue": "x", "traceback": []}]
     path.write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="not one complete run"):
-        helpers.publish_notebook(path, tmp_path / "out.ipynb")
+        publish.publish_notebook(path, tmp_path / "out.ipynb")
     next(c for c in notebook["cells"] if c["cell_type"] == "code")["execution_count"] = None
     path.write_text(json.dumps(notebook))
     with pytest.raises(ValueError, match="not one complete run"):
-        helpers.publish_notebook(path, tmp_path / "out.ipynb")
+        publish.publish_notebook(path, tmp_path / "out.ipynb")
 
 
 def test_injected_parameters_are_read_from_the_kernel_history():
@@ -101,12 +107,22 @@ def test_compact_png_keeps_every_pixel():
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGBA").save(buffer, "PNG", compress_level=0)
     original = base64.b64encode(buffer.getvalue()).decode()
-    compact = helpers.compact_png(original)
+    compact = publish.compact_png(original)
     assert len(compact) < len(original)
     again = np.asarray(Image.open(io.BytesIO(base64.b64decode(compact))).convert("RGBA"))
     assert np.array_equal(again, pixels)
     pixels[0, 0, 3] = 10  # not opaque: the alpha channel must stay
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
-    kept = Image.open(io.BytesIO(base64.b64decode(helpers.compact_png(base64.b64encode(buffer.getvalue()).decode()))))
+    kept = Image.open(io.BytesIO(base64.b64decode(publish.compact_png(base64.b64encode(buffer.getvalue()).decode()))))
     assert kept.mode == "RGBA" and np.asarray(kept)[0, 0, 3] == 10
+
+
+def test_the_command_line_publishes_a_default_run_and_refuses_another_with_a_message(tmp_path):
+    script = [sys.executable, str(REPO / "sweeps" / "publish.py")]
+    executed, destination = executed_copy(tmp_path, LOCATION), tmp_path / "published.ipynb"
+    done = subprocess.run([*script, str(executed), str(destination)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and json.loads(destination.read_text())["cells"]
+    refused = subprocess.run([*script, str(executed_copy(tmp_path, dict(LOCATION, seed=1))), str(tmp_path / "x")],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "was run with seed set" in refused.stderr and not (tmp_path / "x").exists()

@@ -11,14 +11,12 @@ import helpers
 from conftest import REPO, TinyModel
 
 DEFAULTS = dict(
-    imdb_archive="", use_sample=True, valid_fraction=0.1, train_size=0, n_epochs=1, patience=2, average_epochs=2,
-    n_models=1,
-    batch_size=8, max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, ngram_max_n=2, ngram_c_values=[0.3],
-    pretrain_embeddings=True,
-    word_vector_window=5, ppmi_context_power=0.75, hidden_dim=8, n_layers=1, bidirectional=True, pooling="max",
-    embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, adversarial_epsilon=0.0, seed=0, device="cpu",
-    ig_steps=8, shaded_tokens=10,
-    run_dir="", init_checkpoint="", predict_file="",
+    imdb_archive="", use_sample=True, valid_fraction=0.1, train_size=0, test_size=0, n_epochs=1, patience=2,
+    batch_size=8,
+    max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, ngram_max_n=2, ngram_c_values=[0.3],
+    pretrain_embeddings=True, word_vector_window=5, ppmi_context_power=0.75, hidden_dim=8, cell="lstm", n_layers=1,
+    bidirectional=True, pooling="max", embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0,
+    device="cpu", ig_steps=8, shaded_tokens=10, run_dir="", init_checkpoint="", predict_file="",
 )
 
 # At least one bad value for every parameter, with what the error must say.
@@ -29,11 +27,10 @@ BAD_VALUES = [
     ("valid_fraction", 1.0, "valid_fraction=1.0 is not valid: expected a fraction"),
     ("train_size", 1, "train_size=1 is not valid: expected 0 \\(every training review\\) or an integer >= 2"),
     ("train_size", -5, "train_size=-5 is not valid"),
+    ("test_size", 1, "test_size=1 is not valid: expected 0 \\(every test review\\) or an integer >= 2"),
     ("n_epochs", 0, "n_epochs=0 is only valid with init_checkpoint"),
     ("n_epochs", 2.5, "n_epochs=2.5 is not valid: expected an integer"),
     ("patience", 0, "patience=0 is not valid: expected an integer >= 1"),
-    ("average_epochs", 0, "average_epochs=0 is not valid: expected an integer >= 1"),
-    ("n_models", 0, "n_models=0 is not valid: expected an integer >= 1"),
     ("batch_size", True, "batch_size=True is not valid"),
     ("max_length", 0, "max_length=0 is not valid"),
     ("min_freq", 0, "min_freq=0 is not valid"),
@@ -47,6 +44,8 @@ BAD_VALUES = [
     ("word_vector_window", 0, "word_vector_window=0 is not valid"),
     ("ppmi_context_power", 1.5, "ppmi_context_power=1.5 is not valid: expected a float with 0 < value <= 1"),
     ("hidden_dim", 0, "hidden_dim=0 is not valid"),
+    ("cell", "LSTM", "cell='LSTM' is not valid: expected 'lstm', 'gru' or 'rnn'"),
+    ("cell", 1, "cell=1 is not valid"),
     ("n_layers", 0, "n_layers=0 is not valid"),
     ("bidirectional", "yes", "bidirectional='yes' is not valid: expected True or False"),
     ("pooling", "min", "pooling='min' is not valid"),
@@ -54,7 +53,6 @@ BAD_VALUES = [
     ("dropout", 1.0, "dropout=1.0 is not valid: expected a float with 0 <= value < 1"),
     ("lr", -0.1, "lr=-0.1 is not valid"),
     ("clip_norm", 0.0, "clip_norm=0.0 is not valid"),
-    ("adversarial_epsilon", -1.0, "adversarial_epsilon=-1.0 is not valid: expected a finite float >= 0"),
     ("seed", -1, "seed=-1 is not valid"),
     ("device", "tpu", "device='tpu' is not valid: expected 'auto', 'cpu' or 'cuda'"),
     ("ig_steps", 0, "ig_steps=0 is not valid"),
@@ -176,30 +174,6 @@ def test_a_mismatched_checkpoint_names_the_parts_that_differ(tiny_model):
     del state["fc.bias"]
     with pytest.raises(ValueError, match="missing fc.bias; unexpected extra"):
         helpers.load_weights(TinyModel(), state)
-
-
-def test_an_ensembles_checkpoint_gives_back_each_members_weights(tiny_model):
-    other = TinyModel()
-    state = {**{f"members.0.{k}": v for k, v in tiny_model.state_dict().items()},
-             **{f"members.1.{k}": v for k, v in other.state_dict().items()}}
-    for index, member in enumerate((tiny_model, other)):
-        fresh = TinyModel()
-        helpers.load_weights(fresh, helpers.member_weights(state, index))
-        pairs = zip(fresh.state_dict().values(), member.state_dict().values(), strict=True)
-        assert all(torch.equal(a, b) for a, b in pairs)
-    with pytest.raises(ValueError, match=r"no member 2; its members: \[0, 1\]"):
-        helpers.member_weights(state, 2)
-    with pytest.raises(ValueError, match="no member 0; its members: none \\(not an ensemble\\)"):
-        helpers.member_weights(tiny_model.state_dict(), 0)
-
-
-def test_training_on_from_an_ensembles_checkpoint_is_refused_naming_it(tmp_path, tiny_model, vocab):
-    helpers.save_checkpoint(tmp_path / "ensemble", tiny_model, vocab, {"max_length": 20, "n_models": 3})
-    helpers.save_checkpoint(tmp_path / "single", tiny_model, vocab, {"max_length": 20})  # no n_models: one model
-    with pytest.raises(ValueError, match=r"holds an ensemble of 3 models, which a run can use as it is \(n_epochs=0\)"):
-        helpers.validate_params(dict(DEFAULTS, init_checkpoint=str(tmp_path / "ensemble"), n_epochs=1))
-    assert helpers.validate_params(dict(DEFAULTS, init_checkpoint=str(tmp_path / "ensemble"), n_epochs=0))
-    assert helpers.validate_params(dict(DEFAULTS, init_checkpoint=str(tmp_path / "single"), n_epochs=1))
 
 
 def test_a_checkpoint_missing_a_file_is_named(tmp_path, tiny_model, vocab):

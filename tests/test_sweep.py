@@ -194,23 +194,39 @@ def test_an_edit_must_find_its_text_exactly_once(tmp_path):
             sweep.edited_notebook({"find": text, "replace": "x"}, tmp_path / "bad.ipynb")
 
 
-def test_every_exercise_runs_on_the_sample(tmp_path):
-    """The exercises' sweep file, with its full-data base swapped for tiny settings on the sample."""
-    spec = yaml.safe_load((REPO / "sweeps" / "exercises.yaml").read_text())
-    assert spec["base"] == {"train_size": 2500} and spec.pop("seeds") == [42, 1, 2]
-    spec["base"] = {"use_sample": True, "train_size": 100, "n_epochs": 1, "embedding_dim": 8, "hidden_dim": 8,
-                    "max_vocab_size": 2000}
-    names = [run["name"] for run in spec["runs"]]
-    assert names == ["baseline", "ex1-last-pooling", "ex2-no-pretrained-vectors", "ex3-max-length-400",
-                     "ex3-max-length-1200", "ex4-one-direction", "ex6-padding-first"]
-    sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, "exercises"), tmp_path / "runs", jobs=2)
+@pytest.mark.parametrize("name, runs", [
+    ("exercises", ["baseline", "ex2-no-pretrained-vectors", "ex3-max-length-400", "ex3-max-length-1200",
+                   "ex4-one-direction", "ex6-padding-first"]),
+    ("exercise_cells", ["baseline", "ex1-lstm-last", "ex1-gru-max", "ex1-gru-last", "ex1-rnn-max", "ex1-rnn-last"]),
+])
+def test_every_exercise_runs_on_the_sample(tmp_path, name, runs):
+    """An exercises' sweep file, with its full-data base swapped for tiny settings on the sample."""
+    spec = yaml.safe_load((REPO / "sweeps" / f"{name}.yaml").read_text())
+    assert spec["base"] == {"train_size": 2500, "test_size": 5000} and spec.pop("seeds") == [42, 1, 2]
+    spec["base"] = {"use_sample": True, "train_size": 100, "test_size": 50, "n_epochs": 1, "embedding_dim": 8,
+                    "hidden_dim": 8, "max_vocab_size": 2000}
+    assert [run["name"] for run in spec["runs"]] == runs
+    sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, name), tmp_path / "runs", jobs=2)
     assert failed == []
-    edited = json.loads((sweep_dir / "ex6-padding-first" / "sentiment_lstm.ipynb").read_text())
-    assert any("return x.flip(1)" in "".join(c["source"]) for c in edited["cells"])
-    for name in names:
-        metrics = json.loads((sweep_dir / name / "metrics.json").read_text())
-        assert metrics["n_train_reviews"] == 100, name
+    for run in runs:
+        metrics = json.loads((sweep_dir / run / "metrics.json").read_text())
+        assert metrics["n_train_reviews"] == 100 and sum(map(sum, metrics["test_confusion_matrix"])) == 50, run
+        assert metrics["config"]["model"]["cell"] == ("gru" if "gru" in run else "rnn" if "rnn" in run else "lstm")
+    if name == "exercises":
+        edited = json.loads((sweep_dir / "ex6-padding-first" / "sentiment_lstm.ipynb").read_text())
+        assert any("return x.flip(1)" in "".join(c["source"]) for c in edited["cells"])
 
+
+
+@pytest.mark.parametrize("summary", ["sweep_exercise_cells_summary.csv", "sweep_exercises_summary.csv"])
+def test_the_lessons_exercise_answers_are_the_tables_of_the_committed_exercise_runs(summary):
+    """Each answers table in the lesson is what sweeps/exercise_answers.py makes of the committed summary."""
+    import exercise_answers
+
+    table = exercise_answers.answers_table(exercise_answers.read_runs(REPO / "figures" / summary))
+    lesson = json.loads((REPO / "notebooks" / "sentiment_lstm.ipynb").read_text())
+    assert table in "".join(lesson["cells"][-1]["source"])
+    assert table.count("\n") >= 4  # a header, its rule and at least three configurations
 
 # --------------------------------------------------------------------------- scheduler address and TLS
 

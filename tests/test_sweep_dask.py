@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "sweeps"))
 import sweep  # noqa: E402
 
 DASK = Path(sys.executable).with_name("dask")
-TINY = {"use_sample": True, "n_models": 1, "n_epochs": 1, "embedding_dim": 8, "hidden_dim": 8,
+TINY = {"use_sample": True, "n_epochs": 1, "embedding_dim": 8, "hidden_dim": 8,
         "max_vocab_size": 2000, "max_length": 200, "ig_steps": 8}
 
 
@@ -239,7 +239,7 @@ def test_a_worker_killed_in_the_middle_of_a_run_does_not_lose_the_sweep(tmp_path
     # Both runs finished on the surviving worker, and nothing half-written is left in runs/.
     survivor = next(worker for worker in cluster.workers if worker != killed)
     assert ran_on(lines) == {survivor}
-    assert sorted(p.name for p in sweep_dir.iterdir()) == ["averaging_by_config.csv", "first", "second",
+    assert sorted(p.name for p in sweep_dir.iterdir()) == ["first", "second",
                                                            "summary.csv", "summary.md", "sweep.yaml",
                                                            "valid_acc_by_parameter.png", "valid_loss_curves.png"]
 

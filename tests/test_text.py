@@ -1,10 +1,15 @@
-"""Cleaning, tokenizing, the vocabulary, numericalising, the split and batching."""
+"""Cleaning, tokenizing (and the cache of token lists), the vocabulary, numericalising, the split and batching."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import helpers
+from conftest import REPO
 
 
 def test_clean_text_removes_breaks_tags_and_entities():
@@ -47,6 +52,97 @@ def test_tokens_are_interned_so_repeated_words_share_one_string():
     first, second = helpers.tokenize("The film, the FILM."), helpers.tokenize("a film")
     assert first == ["the", "film", ",", "the", "film", "."]
     assert first[0] is first[3] and first[1] is first[4] is second[1]
+
+
+
+# --------------------------------------------------------------------------- the cache of token lists
+
+TEXTS = ["A <i>great</i> film!", "Awful, AWFUL plot.", "<br />", "Ünïcödé ＦＵＬＬ\u00a0width\u2003space\x85NEL"]
+
+
+@pytest.fixture
+def counted_tokenize(monkeypatch):
+    """helpers.tokenize, counting the texts it tokenizes in .calls."""
+    real = helpers.tokenize
+
+    def counting(text):
+        counting.calls += 1
+        return real(text)
+
+    counting.calls = 0
+    monkeypatch.setattr(helpers, "tokenize", counting)
+    return counting
+
+
+def test_token_lists_are_cached_as_text_and_read_back_exactly_and_interned(own_cache_dir, counted_tokenize):
+    expected = [helpers.tokenize(text) for text in TEXTS]
+    counted_tokenize.calls = 0
+    assert helpers.tokenize_all(TEXTS) == expected and counted_tokenize.calls == len(TEXTS)
+    (cache,) = own_cache_dir.iterdir()
+    assert cache.read_text(encoding="utf-8").split("\n") == [" ".join(tokens) for tokens in expected] + [""]
+    again = helpers.tokenize_all(TEXTS)
+    assert again == expected and counted_tokenize.calls == len(TEXTS)  # read from the cache: nothing tokenized
+    assert again[1][0] is again[1][2] is helpers.tokenize("awful")[0]  # one string for every copy of a token
+    assert helpers.tokenize_all([]) == []
+
+
+@pytest.mark.parametrize("change", ["a text", "the order", "a split between texts", "the tokenizer's version",
+                                    "the tokenizer in use"])
+def test_a_change_in_the_texts_or_the_tokenizer_tokenizes_anew(own_cache_dir, counted_tokenize, monkeypatch, change):
+    helpers.tokenize_all(TEXTS)
+    texts = list(TEXTS)
+    if change == "a text":
+        texts[1] = "Awful, AWFUL plot!"
+    elif change == "the order":
+        texts.reverse()
+    elif change == "a split between texts":
+        texts[:2] = ["A <i>great</i> film!Awful, ", "AWFUL plot."]
+    elif change == "the tokenizer's version":
+        monkeypatch.setattr(helpers, "TOKENIZER_VERSION", helpers.TOKENIZER_VERSION + 1)
+    else:
+        monkeypatch.setattr(helpers, "USE_TORCHTEXT", not helpers.USE_TORCHTEXT)
+    counted_tokenize.calls = 0
+    helpers.tokenize_all(texts)
+    assert counted_tokenize.calls == len(texts) and len(list(own_cache_dir.iterdir())) == 2
+
+
+@pytest.mark.parametrize("damage", ["a line short", "cut inside a line", "a line too many", "not UTF-8", "empty"])
+def test_a_damaged_cache_file_is_never_trusted(own_cache_dir, counted_tokenize, damage):
+    expected = helpers.tokenize_all(TEXTS)
+    (cache,) = own_cache_dir.iterdir()
+    text = cache.read_bytes()
+    damaged = {"a line short": text[: text.rindex(b"\n", 0, -1) + 1], "cut inside a line": text[:-3],
+               "a line too many": text + b"extra\n", "not UTF-8": b"\xff" + text, "empty": b""}[damage]
+    cache.write_bytes(damaged)
+    counted_tokenize.calls = 0
+    assert helpers.tokenize_all(TEXTS) == expected and counted_tokenize.calls == len(TEXTS)
+    assert cache.read_bytes() == text  # and the file is whole again
+
+
+def test_without_a_cache_folder_nothing_is_written(own_cache_dir, counted_tokenize, monkeypatch):
+    monkeypatch.setattr(helpers, "write_atomic", None)  # any write, anywhere, would fail
+    expected = [helpers.tokenize(text) for text in TEXTS]
+    counted_tokenize.calls = 0
+    for _ in range(2):
+        assert helpers.tokenize_all(TEXTS, cache_dir=None) == expected
+    assert counted_tokenize.calls == 2 * len(TEXTS) and not list(own_cache_dir.iterdir())
+
+
+def test_tokens_that_would_not_survive_the_text_format_are_not_cached(own_cache_dir, monkeypatch):
+    for tokens in (["two words"], [""], ["tab\tinside"], ["nel\x85inside"]):
+        monkeypatch.setattr(helpers, "tokenize", lambda text, tokens=tokens: list(tokens))
+        assert helpers.tokenize_all(["x"]) == [tokens]
+    assert not list(own_cache_dir.iterdir())
+
+
+
+def test_sentiment_cache_dir_moves_the_cache(tmp_path):
+    code = ("import helpers; print(helpers.CACHE_DIR == helpers.tokenize_all.__defaults__[0] "
+            "== helpers.pretrain_word_vectors.__defaults__[-1]); helpers.tokenize_all(['A film.']); "
+            "print(sorted(p.suffix for p in helpers.CACHE_DIR.iterdir()))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, SENTIMENT_CACHE_DIR=str(tmp_path / "elsewhere")))
+    assert done.stdout.split("\n")[:2] == ["True", "['.txt']"], done.stderr
 
 
 def test_stratified_split_is_balanced_disjoint_complete_and_seeded():
@@ -93,7 +189,7 @@ def test_stratified_subset_is_seeded():
 
 @pytest.mark.parametrize("size", [201, -1])
 def test_stratified_subset_refuses_a_size_it_cannot_give_naming_the_parameter(size):
-    with pytest.raises(ValueError, match=rf"train_size={size}\b.*200 training reviews"):
+    with pytest.raises(ValueError, match=rf"train_size={size}\b.*200 reviews available"):
         helpers.stratified_subset(range(200), [0, 1] * 100, size, seed=0)
 
 

@@ -1,6 +1,5 @@
 """The notebook's own model, training step, evaluation pass, early stopping and predict_review."""
 
-import shutil
 import time
 
 import numpy as np
@@ -9,28 +8,37 @@ import torch
 
 import helpers
 from conftest import TinyModel
-from notebook_code import cell_containing, cell_defining, namespace
+from notebook_code import cell_containing, namespace
 
 torch.set_num_threads(1)
 
 
 def sentiment_lstm(**overrides):
     config = dict(vocab_size=40, embedding_dim=6, hidden_dim=5, n_layers=1, bidirectional=True,
-                  embedding_dropout=0.0, dropout=0.0, pooling="max", pad_index=0)
+                  embedding_dropout=0.0, dropout=0.0, pooling="max", pad_index=0, cell="lstm")
     torch.manual_seed(0)
     return namespace("SentimentLSTM")["SentimentLSTM"](**dict(config, **overrides)).eval()
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("pooling", ["max", "mean", "last", "max+mean"])
 @pytest.mark.parametrize("n_layers, bidirectional", [(1, True), (2, True), (2, False)])
-def test_a_review_gets_the_same_logit_whatever_padding_follows_it(pooling, n_layers, bidirectional):
-    model = sentiment_lstm(pooling=pooling, n_layers=n_layers, bidirectional=bidirectional)
+def test_a_review_gets_the_same_logit_whatever_padding_follows_it(pooling, n_layers, bidirectional, cell):
+    model = sentiment_lstm(pooling=pooling, n_layers=n_layers, bidirectional=bidirectional, cell=cell)
     review = [5, 9, 13, 2, 7]
     alone = model(torch.tensor([review]), torch.tensor([5]))
     for padding in (1, 4, 30):
         tokens, lengths = helpers.pad_batch([review, [3] * (5 + padding)])
         batched = model(tokens, lengths)
         assert batched[0].item() == pytest.approx(alone.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("cell, layer", [("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU), ("rnn", torch.nn.RNN)])
+def test_the_cell_parameter_chooses_the_recurrent_layer_of_both_directions(cell, layer):
+    model = sentiment_lstm(cell=cell, n_layers=2)
+    assert [type(m) for m in (*model.forward_rnns, *model.backward_rnns)] == [layer] * 4
+    weights = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * 5  # gates (and candidate) per hidden unit: rows of weight_ih
+    assert model.forward_rnns[0].weight_ih_l0.shape == (weights, 6)
 
 
 def test_reading_padding_first_changes_the_logit_which_is_why_the_model_reverses_within_length():
@@ -87,15 +95,13 @@ class GradientRecordingAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-@pytest.mark.parametrize("adversarial_epsilon", [0.0, 1.0])
 @pytest.mark.parametrize("clip_norm", [1e-3, 0.05])
-def test_the_notebooks_training_step_clips_its_models_gradient_to_clip_norm(clip_norm, adversarial_epsilon):
-    space = namespace("train_epoch", "adversarial_backward")
+def test_the_notebooks_training_step_clips_its_models_gradient_to_clip_norm(clip_norm):
+    space = namespace("train_epoch")
     model = sentiment_lstm(vocab_size=20, dropout=0.2, embedding_dropout=0.2).train()
     optimizer = GradientRecordingAdam(model.parameters(), lr=0.02)
     train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=0)
-    _, _, clipped = space["train_epoch"](model, train, optimizer, torch.nn.BCEWithLogitsLoss(), clip_norm, "cpu",
-                                         adversarial_epsilon)
+    _, _, clipped = space["train_epoch"](model, train, optimizer, torch.nn.BCEWithLogitsLoss(), clip_norm, "cpu")
     assert len(optimizer.norms) == len(train) and clipped > 0  # these gradients were longer than clip_norm
     assert max(optimizer.norms) <= clip_norm * (1 + 1e-4)  # no step is taken with a longer one
     assert sum(norm >= clip_norm * 0.999 for norm in optimizer.norms) >= clipped * len(train)  # scaled, not zeroed
@@ -175,14 +181,12 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epochs_weights(t
 
 
 def _run_training_cell(tmp_path, train_batches, n_epochs, patience):
-    """Execute the notebook's training-loop cell on the toy task; returns its namespace."""
+    """Execute the notebook's training cell (fit, then what an interrupt leaves) on the toy task; its namespace."""
     model = TinyModel(vocab_size=20)
     space = namespace("train_epoch", "evaluate", "fit", model=model, train_batches=train_batches,
                       valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
                       n_epochs=n_epochs, patience=patience, vocab=None, model_config={}, max_length=20,
-                      clip_norm=1.0, adversarial_epsilon=0.0, device="cpu", time=time,
-                      loss_fn=torch.nn.BCEWithLogitsLoss(),
-                      optimizer=torch.optim.Adam(model.parameters(), lr=0.02))
+                      clip_norm=1.0, device="cpu", time=time, lr=0.02, loss_fn=torch.nn.BCEWithLogitsLoss())
     exec(cell_containing("history, stopper, interrupted = fit(model"), space)  # noqa: S102
     return space
 
@@ -192,10 +196,9 @@ def test_an_interrupt_before_the_first_epoch_ends_stops_the_notebook_with_a_clea
         def __iter__(self):
             raise KeyboardInterrupt  # the user presses stop in the first epoch
 
-    space = _run_training_cell(tmp_path, InterruptedBatches(*_toy_data(), 8), n_epochs=3, patience=2)
-    assert space["interrupted"] and space["history"]["epoch"] == []
     with pytest.raises(RuntimeError, match="interrupted before its first epoch ended, so no model was saved"):
-        exec(cell_containing("elif stopper.best_epoch == 0"), space)  # noqa: S102
+        _run_training_cell(tmp_path, InterruptedBatches(*_toy_data(), 8), n_epochs=3, patience=2)
+    assert not (tmp_path / "checkpoint").exists()
 
 
 def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
@@ -208,46 +211,7 @@ def test_an_interrupt_later_keeps_the_best_checkpoint_and_the_history(tmp_path):
     space = _run_training_cell(tmp_path, InterruptedBatches(*_toy_data(), 8, shuffle=True), n_epochs=5, patience=5)
     assert space["interrupted"] and space["history"]["epoch"] == [1, 2]
     assert len(space["history"]["seconds"]) == 2  # one entry per epoch, not a total
-    exec(cell_containing("elif stopper.best_epoch == 0"), space)  # noqa: S102 - goes on with the best checkpoint
-    assert (tmp_path / "checkpoint" / "weights.safetensors").exists()
-
-
-@pytest.mark.parametrize("best, last, size, expected", [
-    (3, 5, 1, [3]), (3, 5, 2, [3, 4]), (3, 5, 3, [2, 3, 4]), (3, 5, 4, [2, 3, 4, 5]), (3, 5, 5, [1, 2, 3, 4, 5]),
-    (5, 5, 3, [3, 4, 5]),  # the best epoch is the last: the window moves back
-    (1, 4, 3, [1, 2, 3]),  # the best epoch is the first: the window moves forward
-    (2, 2, 3, [1, 2]),  # fewer epochs than the window: all of them
-])
-def test_averaging_window_centres_on_the_best_epoch_within_the_epochs_run(best, last, size, expected):
-    assert helpers.averaging_window(best, last, size) == expected
-
-
-@pytest.mark.parametrize("best, last, size, message", [(0, 3, 2, "best_epoch 0 is not an epoch of 1..3"),
-                                                       (4, 3, 2, "best_epoch 4"), (2, 3, 0, "at least one epoch")])
-def test_averaging_window_rejects_what_is_no_window(best, last, size, message):
-    with pytest.raises(ValueError, match=message):
-        helpers.averaging_window(best, last, size)
-
-
-def test_the_final_model_averages_the_weights_of_the_epochs_around_the_best(tmp_path):
-    space = _run_training_cell(tmp_path, helpers.BucketBatches(*_toy_data(), 8, shuffle=True), n_epochs=4, patience=4)
-    saved = [helpers.read_weights(tmp_path / "epoch_weights" / f"epoch_{e}") for e in (1, 2, 3, 4)]
-    assert not torch.equal(saved[0]["fc.weight"], saved[3]["fc.weight"])  # training moved the weights
-    best = space["stopper"].best_epoch
-    exec(cell_defining("averaged_weights"), space)  # noqa: S102
-    exec(cell_containing("elif stopper.best_epoch == 0"), space)  # noqa: S102
-    space.update(average_epochs=3, shutil=shutil, display=lambda table: None)
-    exec(cell_containing("averaging = []"), space)  # noqa: S102 - the table of windows
-    assert [row["epochs"] for row in space["averaging"]] == [helpers.averaging_window(best, 4, n) for n in (1, 2, 3, 4)]
-    exec(cell_containing("final_epochs = helpers.averaging_window"), space)  # noqa: S102
-    epochs = helpers.averaging_window(best, 4, 3)
-    assert space["final_epochs"] == epochs
-    expected = {k: sum(saved[e - 1][k] for e in epochs) / 3 for k in saved[0]}
-    kept = helpers.read_weights(tmp_path / "checkpoint")
-    assert all(torch.allclose(kept[k], expected[k]) for k in expected)
-    assert not torch.allclose(kept["fc.weight"], saved[best - 1]["fc.weight"])  # not the best epoch alone
-    assert space["final_valid_loss"] == space["evaluate"](space["model"], space["valid_batches"],
-                                                          space["loss_fn"], "cpu")[0]
+    assert (tmp_path / "checkpoint" / "weights.safetensors").exists()  # the run goes on with the best epoch's
 
 
 def test_binary_metrics_on_a_case_worked_by_hand():
@@ -293,112 +257,3 @@ def test_predict_review_of_only_unknown_words_says_it_is_a_default_guess(predict
     label, probability = predict_review("zorblax quonk")
     assert label in helpers.LABEL_NAMES and 0 < probability < 1
     assert "no word of this review is in the vocabulary" in capsys.readouterr().out
-
-
-def test_an_ensembles_logit_is_the_mean_of_its_members_logits():
-    space = namespace("Ensemble")
-    torch.manual_seed(0)
-    members = [TinyModel(vocab_size=20) for _ in range(3)]
-    tokens, lengths = torch.randint(2, 20, (5, 7)), torch.full((5,), 7)
-    ensemble = space["Ensemble"](members).eval()
-    expected = torch.stack([member.eval()(tokens, lengths) for member in members]).mean(dim=0)
-    assert torch.allclose(ensemble(tokens, lengths), expected)
-    assert not torch.allclose(members[0](tokens, lengths), expected)  # the members do differ
-    assert len(list(ensemble.parameters())) == 3 * len(list(members[0].parameters()))  # trained, saved, loaded as one
-
-
-def _adversarial_batch():
-    tokens, lengths = helpers.pad_batch([[5, 9, 13, 2, 7], [3, 8, 21], [30, 31, 4, 6]])
-    return tokens, lengths, torch.tensor([1.0, 0.0, 1.0])
-
-
-def _spread(words, lengths):
-    """The standard deviation of a batch's word vectors, padding left out: the push's unit."""
-    return torch.cat([words[i, :n] for i, n in enumerate(lengths.tolist())]).std().detach()
-
-
-def _plain_and_pushed_losses(adversarial_backward, model, tokens, lengths, labels, epsilon):
-    """The two losses adversarial_backward computes: the plain reviews' and the pushed reviews'."""
-    losses = []
-
-    def recording_loss(logits, targets):
-        losses.append(torch.nn.functional.binary_cross_entropy_with_logits(logits, targets))
-        return losses[-1]
-
-    adversarial_backward(model, tokens, lengths, labels, recording_loss, epsilon)
-    return [loss.item() for loss in losses]
-
-
-def _reference_adversarial_gradients(model, tokens, lengths, labels, epsilon):
-    """The adversarial step computed another way (torch.autograd.grad for the push): the weights' gradients."""
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    model.zero_grad()
-    words = model.embedding(tokens)
-    keep = model.embedding_dropout(torch.ones_like(words))
-    embedded = words * keep
-    plain_loss = loss_fn(model.read(embedded, lengths), labels)
-    (gradient,) = torch.autograd.grad(plain_loss, embedded, retain_graph=True)
-    push = torch.stack([epsilon * _spread(words, lengths) * g / g.norm() for g in gradient])
-    pushed_loss = loss_fn(model.read(model.embedding(tokens) * keep + push, lengths), labels)
-    ((plain_loss + pushed_loss) / 2).backward()
-    return {name: p.grad.clone() for name, p in model.named_parameters()}
-
-
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_the_adversarial_step_is_the_mean_of_the_plain_loss_and_the_loss_pushed_up_its_gradient(dropout):
-    space = namespace("SentimentLSTM", "adversarial_backward")
-    model = sentiment_lstm(embedding_dropout=dropout, dropout=dropout).train()
-    tokens, lengths, labels = _adversarial_batch()
-    torch.manual_seed(5)  # the same dropout masks, drawn in the same order, for both computations
-    logits, loss = space["adversarial_backward"](model, tokens, lengths, labels, torch.nn.BCEWithLogitsLoss(), 2.0)
-    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-    torch.manual_seed(5)
-    expected = _reference_adversarial_gradients(model, tokens, lengths, labels, 2.0)
-    for name in grads:
-        assert torch.allclose(grads[name], expected[name], atol=1e-6), name
-    if dropout == 0:
-        assert torch.equal(logits, model(tokens, lengths)) and loss.item() == pytest.approx(
-            torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item())
-
-
-def test_the_push_raises_the_loss_more_than_a_random_push_and_a_push_of_zero_is_the_plain_step():
-    space = namespace("SentimentLSTM", "adversarial_backward")
-    model = sentiment_lstm()
-    tokens, lengths, labels = _adversarial_batch()
-    plain, pushed = _plain_and_pushed_losses(space["adversarial_backward"], model, tokens, lengths, labels, 0.5)
-    torch.manual_seed(0)
-    words = model.embedding(tokens).detach()
-    noise = torch.randn_like(words) * (tokens != 0)[..., None]  # no push on padding, as the gradient gives
-    random_push = 0.5 * _spread(words, lengths) * noise / noise.flatten(1).norm(dim=1)[:, None, None]  # same length
-    randomly_pushed = torch.nn.functional.binary_cross_entropy_with_logits(model.read(words + random_push, lengths),
-                                                                            labels).item()
-    assert pushed > plain and pushed - plain > abs(randomly_pushed - plain)  # the worst way, not just any way
-    model.zero_grad()
-    space["adversarial_backward"](model, tokens, lengths, labels, torch.nn.BCEWithLogitsLoss(), 0.0)
-    at_zero = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.zero_grad()
-    torch.nn.BCEWithLogitsLoss()(model(tokens, lengths), labels).backward()
-    for name, p in model.named_parameters():
-        assert torch.allclose(at_zero[name], p.grad, atol=1e-6), name
-
-
-def test_adversarial_training_learns_the_toy_task_and_makes_the_model_harder_to_push():
-    space = namespace("train_epoch", "evaluate", "adversarial_backward")
-    valid_sequences, valid_labels = _toy_data(32, seed=1)
-    tokens, lengths = helpers.pad_batch(valid_sequences)
-    labels = torch.tensor(valid_labels, dtype=torch.float)
-    pushed_losses, accuracies = {}, {}
-    for epsilon in (0.0, 3.0):
-        model = sentiment_lstm(vocab_size=20, hidden_dim=8)
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-        train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=0)
-        for _ in range(6):
-            space["train_epoch"](model, train, optimizer, loss_fn, 1.0, "cpu", epsilon)
-        valid = helpers.BucketBatches(valid_sequences, valid_labels, 16)
-        accuracies[epsilon] = space["evaluate"](model, valid, loss_fn, "cpu")[1]
-        model.eval()
-        _, pushed_losses[epsilon] = _plain_and_pushed_losses(space["adversarial_backward"], model, tokens, lengths,
-                                                             labels, 3.0)  # validation reviews pushed the worst way
-    assert accuracies[3.0] > 0.9
-    assert pushed_losses[3.0] < pushed_losses[0.0]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import helpers
+from conftest import CreatesAFile
 from notebook_code import cell_containing
 
 
@@ -132,10 +133,117 @@ def test_counting_in_chunks_gives_exactly_the_counts_of_counting_in_one_go():
     assert torch.allclose(one_go.to_dense(), expected, rtol=1e-12, atol=0)
 
 
+
+# --------------------------------------------------------------------------- the cache of word vectors
+
+CACHE_TEXTS = [["a", "good", "film", "a", "fine", "cast"], ["a", "bad", "film", "a", "poor", "plot", "zzz"],
+               ["good", "cast", "fine", "film"], ["bad", "plot", "poor", "film", "a"]]
+SETTINGS = dict(dim=3, window=2, context_power=0.75, seed=0)
+
+
+@pytest.fixture
+def counted_counting(monkeypatch):
+    """helpers.cooccurrence_matrix, counting its calls in .calls: one for each set of vectors computed."""
+    real = helpers.cooccurrence_matrix
+
+    def counting(*args, **kwargs):
+        counting.calls += 1
+        return real(*args, **kwargs)
+
+    counting.calls = 0
+    monkeypatch.setattr(helpers, "cooccurrence_matrix", counting)
+    return counting
+
+
+@pytest.fixture
+def cache_vocab():
+    return helpers.build_vocab([["a", "good", "film", "fine", "cast", "bad", "plot"]])  # "poor" and "zzz": <unk>
+
+
+def test_word_vectors_are_cached_as_npy_and_read_back_exactly(own_cache_dir, counted_counting, cache_vocab):
+    first = helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS)
+    (cache,) = own_cache_dir.iterdir()
+    assert cache.suffix == ".npy" and np.array_equal(np.load(cache, allow_pickle=False), first.numpy())
+    again = helpers.pretrain_word_vectors(iter(CACHE_TEXTS), cache_vocab, **SETTINGS)  # a generator, as the notebook's
+    assert torch.equal(again, first) and again.dtype == torch.float32 and counted_counting.calls == 1
+
+
+@pytest.mark.parametrize("change", [dict(dim=2), dict(window=3), dict(context_power=1.0), dict(seed=1),
+                                    "a known word", "a review fewer", "a split between reviews", "the vocabulary",
+                                    "the version", "torch's version"])
+def test_a_change_in_any_input_or_setting_computes_the_vectors_anew(own_cache_dir, counted_counting, cache_vocab,
+                                                                    monkeypatch, change):
+    first = helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS)
+    texts, vocab, settings = [list(tokens) for tokens in CACHE_TEXTS], cache_vocab, dict(SETTINGS)
+    if isinstance(change, dict):
+        settings.update(change)
+    elif change == "a known word":
+        texts[3][0] = "good"
+    elif change == "a review fewer":
+        texts.pop()
+    elif change == "a split between reviews":
+        texts[2:] = [texts[2] + texts[3][:2], texts[3][2:]]
+    elif change == "the vocabulary":  # the same ids for every review, but another word at an unused index
+        itos = vocab.get_itos()
+        itos[itos.index("cast")] = "crew"
+        vocab = helpers.vocab_from_tokens(itos)
+        texts = [["crew" if token == "cast" else token for token in tokens] for tokens in texts]
+    elif change == "the version":
+        monkeypatch.setattr(helpers, "WORD_VECTORS_VERSION", helpers.WORD_VECTORS_VERSION + 1)
+    else:
+        monkeypatch.setattr(torch, "__version__", torch.__version__ + ".other")
+    vectors = helpers.pretrain_word_vectors(texts, vocab, **settings)
+    assert counted_counting.calls == 2 and len(list(own_cache_dir.iterdir())) == 2
+    if change in ("the vocabulary", "the version", "torch's version"):
+        assert torch.equal(vectors, first)  # the same numbers, but not read from the other key's file
+
+
+def test_settings_given_as_numpy_numbers_find_the_same_cache(own_cache_dir, counted_counting, cache_vocab):
+    helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS)
+    numpy_settings = {name: np.float64(value) if name == "context_power" else np.int64(value)
+                      for name, value in SETTINGS.items()}
+    helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **numpy_settings)
+    assert counted_counting.calls == 1
+
+
+def test_an_unknown_word_changes_nothing_the_vectors_depend_on(own_cache_dir, counted_counting, cache_vocab):
+    helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS)
+    other = [["yyy" if token == "zzz" else token for token in tokens] for tokens in CACHE_TEXTS]
+    helpers.pretrain_word_vectors(other, cache_vocab, **SETTINGS)  # both <unk>: the same ids, the same vectors
+    assert counted_counting.calls == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "another shape", "float64", "a pickle"])
+def test_a_damaged_or_foreign_vectors_file_is_never_trusted(own_cache_dir, counted_counting, cache_vocab, damage):
+    first = helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS)
+    (cache,) = own_cache_dir.iterdir()
+    whole = cache.read_bytes()
+    if damage == "truncated":
+        cache.write_bytes(whole[:-7])
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    elif damage == "another shape":
+        np.save(cache, first.numpy()[:-1])
+    elif damage == "float64":
+        np.save(cache, first.numpy().astype(np.float64))
+    else:  # unpickling it would run code: open(marker, "w")
+        np.save(cache, np.array([CreatesAFile(own_cache_dir.parent / "marker")], dtype=object), allow_pickle=True)
+    assert torch.equal(helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS), first)
+    assert counted_counting.calls == 2 and cache.read_bytes() == whole
+    assert not (own_cache_dir.parent / "marker").exists()
+
+
+def test_without_a_cache_folder_no_vectors_are_written(own_cache_dir, counted_counting, cache_vocab, monkeypatch):
+    monkeypatch.setattr(helpers, "write_atomic", None)  # any write, anywhere, would fail
+    for _ in range(2):
+        helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS, cache_dir=None)
+    assert counted_counting.calls == 2 and not list(own_cache_dir.iterdir())
+
+
 # --------------------------------------------------------------------------- no leakage, in the notebook's own cells
 
-NOTEBOOK_DATA_CELLS = ('helpers.read_imdb(data_root, "train")', "train_tokens = [", "helpers.stratified_split(",
-                       "helpers.build_vocab(", "helpers.pretrain_word_vectors(")
+NOTEBOOK_DATA_CELLS = ('helpers.read_imdb(data_root, "train")', "helpers.tokenize_all(train_texts)",
+                       "helpers.stratified_split(", "helpers.build_vocab(", "helpers.pretrain_word_vectors(")
 
 
 def _marked_imdb(root):
@@ -172,12 +280,13 @@ def _run_the_notebooks_data_cells(tmp_path, monkeypatch, **parameters):
         return real_counting(id_lists, *args, **kwargs)
 
     monkeypatch.setattr(helpers, "cooccurrence_matrix", recording_counting)
-    space = {"helpers": helpers, "np": np, "time": time, "itertools": itertools, "use_sample": True,
-             "imdb_archive": "", "valid_fraction": 1 / 3, "train_size": 0, "seed": 0, "init_checkpoint": "",
+    space = {"helpers": helpers, "np": np, "time": time, "itertools": itertools, "display": print, "use_sample": True,
+             "imdb_archive": "", "valid_fraction": 1 / 3, "train_size": 0, "test_size": 0, "seed": 0,
+             "init_checkpoint": "",
              "min_freq": 2, "max_vocab_size": 1000, "pretrain_embeddings": True, "embedding_dim": 3,
-             "word_vector_window": 2, "ppmi_context_power": 0.75, **parameters}
-    for text in NOTEBOOK_DATA_CELLS:
-        exec(cell_containing(text), space)  # noqa: S102 - the notebook's own cells
+             "word_vector_window": 2, "ppmi_context_power": 0.75, "max_length": 50, **parameters}
+    for source in dict.fromkeys(cell_containing(text) for text in NOTEBOOK_DATA_CELLS):  # each cell once, in order
+        exec(source, space)  # noqa: S102 - the notebook's own cells
     return space, counted
 
 

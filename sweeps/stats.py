@@ -1,0 +1,179 @@
+"""The statistics of the sweeps and the research record, in one place.
+
+One rule judges every difference: a mean over n runs with its standard error (SE) is "beyond
+noise" when |mean| > t × SE, t the two-sided 95 % quantile of the t distribution with n - 1
+degrees of freedom (4.30 for three seeds; Welch's degrees of freedom for two unpaired groups).
+Where several comparisons were made on the same runs and the best was picked (the averaging
+windows), `comparisons` raises t to the Bonferroni level 1 - 0.05 / comparisons.
+
+Used by sweeps/sweep.py (summaries of seeded sweeps), sweeps/compare_baseline.py,
+sweeps/records.py and notebooks/research_record.ipynb.
+"""
+
+import csv
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+LEVEL = 0.95  # the two-sided confidence of every interval, and the test behind "beyond noise"
+
+
+def t_quantile(df, level=LEVEL, comparisons=1):
+    """The two-sided t quantile with df degrees of freedom: 4.30 for df = 2 at 95 %.
+
+    With m comparisons, the quantile at level 1 - (1 - level) / m (Bonferroni): 8.86 for df = 2 and m = 4.
+    """
+    from scipy import stats
+
+    return float(stats.t.ppf(1 - (1 - level) / (2 * comparisons), df))
+
+
+def welch_degrees_of_freedom(sd1, n1, sd2, n2):
+    """Welch-Satterthwaite degrees of freedom of the difference of two means (n1 + n2 - 2 when both sds are 0)."""
+    a, b = sd1**2 / n1, sd2**2 / n2
+    if a + b == 0:
+        return n1 + n2 - 2
+    return (a + b) ** 2 / (a**2 / (n1 - 1) + b**2 / (n2 - 1))
+
+
+def unpaired_se(sd_a, n_a, sd_b, n_b):
+    """sqrt(sd_a²/n_a + sd_b²/n_b): the standard error of a difference of two independent means."""
+    return math.sqrt(sd_a**2 / n_a + sd_b**2 / n_b)
+
+
+def finite(values, what="values"):
+    """values as a float array, or a ValueError that names what holds a nan or an infinity (a failed run?)."""
+    values = np.asarray(values, dtype=float)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise ValueError(f"{what} hold {', '.join(str(values[i]) for i in bad)} at position(s) "
+                         f"{', '.join(str(i) for i in bad)}: a failed run or a missing value, which no mean may hide")
+    return values
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A mean difference over n runs with its standard error, judged with the t distribution (n - 1 df).
+
+    comparisons: how many comparisons were made on the same runs (the best of them picked); above 1, t is
+    taken at the Bonferroni level, and p_adjusted is p × comparisons.
+    """
+
+    mean: float
+    se: float
+    n: int
+    comparisons: int = 1
+
+    def __post_init__(self):
+        if not (math.isfinite(self.mean) and math.isfinite(self.se) and self.se >= 0):
+            raise ValueError(f"a comparison needs a finite mean and standard error, not {self.mean} ± {self.se}: "
+                             "a failed run or a missing value?")
+        if self.n < 2 or self.comparisons < 1:
+            raise ValueError(f"a comparison needs n >= 2 runs and comparisons >= 1, "
+                             f"not {self.n} and {self.comparisons}")
+
+    @property
+    def df(self):
+        return self.n - 1
+
+    @property
+    def t(self):
+        """How many standard errors "beyond noise" needs: the t quantile with n - 1 df, at the adjusted level."""
+        return t_quantile(self.df, comparisons=self.comparisons)
+
+    @property
+    def ratio(self):
+        """The difference in standard errors."""
+        return self.mean / self.se if self.se > 0 else math.copysign(math.inf, self.mean)
+
+    @property
+    def low(self):
+        return self.mean - self.t * self.se
+
+    @property
+    def high(self):
+        return self.mean + self.t * self.se
+
+    @property
+    def beyond_noise(self):
+        """True when the t interval excludes 0: |mean| > t × se."""
+        return abs(self.mean) > self.t * self.se
+
+    @property
+    def p(self):
+        """The two-sided p-value of the t test of mean 0, for this comparison alone."""
+        from scipy import stats
+
+        return float(2 * stats.t.sf(abs(self.ratio), self.df)) if self.se > 0 else 0.0
+
+    @property
+    def p_adjusted(self):
+        """p allowing for the comparisons made (Bonferroni): min(1, p × comparisons)."""
+        return min(1.0, self.p * self.comparisons)
+
+    def among(self, comparisons):
+        """The same difference, judged as one of `comparisons` made on the same runs."""
+        return replace(self, comparisons=comparisons)
+
+    def beyond(self, standard_errors):
+        """The verdict of another rule: |mean| > that many standard errors (the earlier rule: 2)."""
+        return abs(self.mean) > standard_errors * self.se
+
+    def scaled(self, factor):
+        """The same comparison in other units (e.g. 100: accuracy in points)."""
+        return replace(self, mean=self.mean * factor, se=self.se * abs(factor))
+
+    def text(self, digits=2):
+        """'mean ± se (k SE, n = .., t needed ..: beyond noise / within noise)', the form the lab prints."""
+        verdict = "beyond noise" if self.beyond_noise else "within noise"
+        among = f" for {self.comparisons} comparisons" if self.comparisons > 1 else ""
+        return (f"{self.mean:+.{digits}f} ± {self.se:.{digits}f} ({abs(self.ratio):.2f} SE, n = {self.n}, "
+                f"t needed {self.t:.2f}{among}: {verdict})")
+
+    def cells(self, digits=2):
+        """The row cells under COMPARISON_COLUMNS."""
+        return (f"{self.mean:+.{digits}f} ± {self.se:.{digits}f}", f"{self.low:+.{digits}f} to {self.high:+.{digits}f}",
+                f"{abs(self.ratio):.2f}", f"{self.t:.2f}", self.beyond_noise)
+
+    def __str__(self):
+        return self.text(4)
+
+
+COMPARISON_COLUMNS = ("difference ± SE", "95 % t interval", "SEs", "t needed", "beyond noise")
+
+
+def mean_se(values, what="values"):
+    """The mean of independent runs' values with its standard error, as a Comparison (its interval: the mean's)."""
+    values = finite(values, what)
+    if len(values) < 2:
+        raise ValueError(f"{what}: a mean's standard error needs at least two values")
+    return Comparison(float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))), len(values))
+
+
+def paired(a, b, scale=1.0, what="paired values"):
+    """a - b run by run (runs that share a seed), as a Comparison: mean, sd / sqrt(n), n."""
+    a, b = finite(a, what), finite(b, what)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"{what}: paired values need two lists of one length, not {a.shape} and {b.shape}")
+    if len(a) < 2:
+        raise ValueError(f"{what}: a comparison needs at least two pairs: one has no spread")
+    return mean_se(scale * (a - b), what)
+
+
+def paired_by_seed(a, b, scale=1.0, what="paired values"):
+    """paired() of two {seed: value} dicts, over the seeds both hold (their seeds must be the same)."""
+    if set(a) != set(b):
+        raise ValueError(f"{what}: the two sides have different seeds: {sorted(a)} and {sorted(b)}")
+    seeds = sorted(a)
+    return paired([a[s] for s in seeds], [b[s] for s in seeds], scale, what)
+
+
+def write_csv(path, rows):
+    """rows (dicts with the same keys) as a CSV file, floats as Python writes them."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
