@@ -23,7 +23,7 @@ import stats  # noqa: E402 (sweeps/stats.py, beside this file)
 
 # Each configuration of sweeps/exercises.yaml, as the answers name it, in the order of the exercises.
 LABELS = {
-    "baseline": "baseline (LSTM, max pooling)",
+    "baseline": "default (LSTM, max pooling)",
     "ex1-lstm-last": '1. LSTM, `pooling = "last"`',
     "ex1-last-pooling": '1. LSTM, `pooling = "last"`',
     "ex1-gru-max": '1. `cell = "gru"`, max',
@@ -59,7 +59,7 @@ def read_runs(path):
 
 def answers_table(runs):
     """The markdown table, one line a configuration."""
-    lines = ["| exercise | seed 42 | seed 1 | seed 2 | mean | vs baseline | beyond noise? | s/epoch | run, s |",
+    lines = ["| exercise | seed 42 | seed 1 | seed 2 | mean | vs default | beyond noise? | s/epoch | run, s |",
              "|---|---|---|---|---|---|---|---|---|"]
     base = [float(runs["baseline"][s]["best_valid_acc"]) for s in SEEDS]
     for config, label in LABELS.items():
@@ -74,7 +74,7 @@ def answers_table(runs):
         if config == "baseline":
             cells += ["", ""]
         else:
-            diff = stats.paired(accs, base, scale=100, what=f"{config} against the baseline")
+            diff = stats.paired(accs, base, scale=100, what=f"{config} against the default")
             cells += [f"{diff.mean:+.1f} ± {diff.se:.1f} pt".replace("-", "−"), "yes" if diff.beyond_noise else "no"]
         cells += [f"{per_epoch:.1f}", run_seconds]
         lines.append("| " + " | ".join(cells) + " |")

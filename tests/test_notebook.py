@@ -238,6 +238,16 @@ def test_the_notebook_prints_the_metrics_it_saves(sample_run):
     check_printed_metrics_are_the_saved_ones(json.loads((run_dir / "metrics.json").read_text()), notebook)
 
 
+def test_every_probe_of_section_6_is_shown_with_its_label_and_probability(sample_run):
+    _, notebook = sample_run
+    (cell,) = (c for c in notebook["cells"]
+               if c["cell_type"] == "code" and "".join(c["source"]).startswith("probes = {"))
+    shown = "".join("".join(o.get("data", {}).get("text/plain", "")) for o in cell["outputs"])
+    for review in ("It was good.", "It was not good.", "It was bad.", "It was not bad.", "Not bad at all."):
+        assert review in shown, review
+    assert shown.count("positive") + shown.count("negative") >= 8  # a label on every probe's row
+
+
 def test_the_ngram_baseline_keeps_the_c_with_the_best_validation_accuracy(sample_run):
     run_dir, notebook = sample_run
     check_the_baseline_keeps_the_best_c(json.loads((run_dir / "metrics.json").read_text()), notebook)
