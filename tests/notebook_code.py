@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from IPython.display import display
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def default_parameters(path=NOTEBOOK):
 
 def namespace(*names, **values):
     """A namespace holding the notebook's imports, `values`, and the notebook's definitions of `names`."""
-    space = {"torch": torch, "nn": nn, "np": np, "helpers": helpers, **values}
+    space = {"torch": torch, "nn": nn, "np": np, "helpers": helpers, "display": display, **values}
     for name in names:
         exec(cell_defining(name), space)  # noqa: S102 - the notebook's own code
     return space
