@@ -305,12 +305,35 @@ def peak_memory_mib(device):
     return peak
 
 
-def return_freed_memory():
-    """Hand memory freed by Python and torch back to the OS (glibc's malloc_trim); a no-op where there is none."""
+# A training step frees its activations, but glibc may keep the freed pages (a fragmented heap): a run then
+# grows step by step, more in some runs than in others. Above this resident size, a step hands them back.
+TRIM_ABOVE_MIB = 1_700
+
+
+def resident_mib():
+    """This process's resident memory now, in MiB (from /proc/self/statm); None where that cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError, AttributeError):  # no /proc (macOS, Windows)
+        return None
+
+
+def return_freed_memory(above_mib=None):
+    """Hand memory freed by Python and torch back to the OS (glibc's malloc_trim); a no-op where there is none.
+
+    With above_mib, only when the process's resident memory is above it (a cheap check, fit for every training
+    step: trimming costs page faults when the memory is used again). Returns whether it trimmed.
+    """
+    if above_mib is not None:
+        resident = resident_mib()
+        if resident is None or resident <= above_mib:
+            return False
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
-        pass
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------- files and data
@@ -745,26 +768,31 @@ def cooccurrence_matrix(id_lists, vocab_size, window=5, ignore=(0, 1), n_chunks=
     del chunk_lows, chunk_highs, chunk_weights
     # Both orders: a word's context on its left is as telling as on its right. A word next to
     # itself ("very very") is its own context on both sides, so it counts twice.
+    # Filled in place, not concatenated: the pairs can be tens of millions, and copies would add up.
     apart = low != high
-    rows = np.concatenate([low, high[apart]])
-    cols = np.concatenate([high, low[apart]])
-    values = np.concatenate([np.where(apart, weights, 2 * weights), weights[apart]])
-    del low, high, weights, apart
+    n_pairs, n_apart = len(low), int(apart.sum())
+    rows, cols = np.empty(n_pairs + n_apart, dtype=np.int32), np.empty(n_pairs + n_apart, dtype=np.int32)
+    rows[:n_pairs], rows[n_pairs:] = low, high[apart]
+    cols[:n_pairs], cols[n_pairs:] = high, low[apart]
+    del low, high
+    values = np.empty(n_pairs + n_apart, dtype=weights.dtype)
+    values[:n_pairs], values[n_pairs:] = weights, weights[apart]
+    values[:n_pairs][~apart] *= 2
+    del weights, apart
     return _csr_matrix(rows, cols, values, vocab_size)
 
 
 def _csr_matrix(rows, cols, values, size):
-    """A [size, size] sparse CSR tensor (int32 indices) from unsorted, distinct (row, col) entries."""
-    key = rows.astype(np.int64)
-    key *= size
-    key += cols
-    order = np.argsort(key)
-    del key
-    crow = np.zeros(size + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=size), out=crow[1:])
-    cols = cols[order]
-    values = values[order]
-    del order
+    """A [size, size] sparse CSR tensor (int32 indices) from unsorted, distinct (row, col) entries.
+
+    scipy's conversion sorts by counting (12 bytes an entry beside the input), not by a full argsort (20).
+    """
+    from scipy import sparse  # scikit-learn's dependency; imported here, where it is needed
+
+    matrix = sparse.coo_matrix((values, (rows, cols)), shape=(size, size)).tocsr()  # sorted; entries are distinct
+    crow, cols, values = (matrix.indptr.astype(np.int32, copy=False), matrix.indices.astype(np.int32, copy=False),
+                          matrix.data)
+    del matrix
     return _csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(values), (size, size))
 
 
@@ -781,28 +809,39 @@ def _csr_rows(matrix):
     return torch.repeat_interleave(torch.arange(len(crow) - 1, dtype=crow.dtype), crow.diff())
 
 
-def ppmi(counts, context_power=0.75):
+def ppmi(counts, context_power=0.75, part_size=1 << 22):
     """Positive PMI, max(0, log p(w, c) / (p(w) p(c))), of sparse co-occurrence counts, as float32 CSR.
 
     Context counts raised to `context_power` < 1 keep rare contexts from huge scores (Levy et al., 2015).
+    Computed part_size entries at a time: the matrix can be large, and float64 copies of it would double it.
     """
     if counts.layout != torch.sparse_csr:
         counts = counts.to_sparse_csr()
     rows, cols, values = _csr_rows(counts), counts.col_indices(), counts.values().double()
     row_totals = torch.zeros(counts.size(0), dtype=torch.float64).index_add_(0, rows, values)
     context = row_totals ** context_power
-    # pmi = log(value * sum(context) / (row_total[row] * context[col])), in place: the matrix can be large.
-    chance = row_totals[rows]
-    chance.mul_(context[cols])
-    pmi = values * context.sum()
-    pmi.div_(chance).log_()
-    del chance
-    keep = pmi > 0
-    # Keeping some entries of each row leaves them in CSR order; only the row starts change.
-    crow = torch.zeros(counts.size(0) + 1, dtype=cols.dtype)
-    crow[1:] = torch.bincount(rows[keep], minlength=counts.size(0)).cumsum(0)
+    total_context = context.sum()
+    kept_per_row = torch.zeros(counts.size(0), dtype=torch.int64)
+    kept_cols, kept_values = [], []
+    for start in range(0, len(values), part_size):
+        part = slice(start, start + part_size)
+        # pmi = log(value * sum(context) / (row_total[row] * context[col]))
+        chance = row_totals[rows[part]]
+        chance.mul_(context[cols[part]])
+        pmi = values[part] * total_context
+        pmi.div_(chance).log_()
+        keep = pmi > 0
+        # Keeping some entries of each row leaves them in CSR order; only the row starts change.
+        kept_per_row += torch.bincount(rows[part][keep], minlength=counts.size(0))
+        kept_cols.append(cols[part][keep])
+        kept_values.append(pmi[keep].float())
+        del chance, pmi, keep
     del rows
-    return _csr_tensor(crow, cols[keep], pmi[keep].float(), counts.shape)
+    crow = torch.zeros(counts.size(0) + 1, dtype=cols.dtype)
+    crow[1:] = kept_per_row.cumsum(0)
+    if not kept_cols:  # no entries at all
+        kept_cols, kept_values = [cols], [values.float()]
+    return _csr_tensor(crow, torch.cat(kept_cols), torch.cat(kept_values), counts.shape)
 
 
 def svd_word_vectors(matrix, dim, seed=0, n_iter=4):

@@ -257,3 +257,29 @@ def test_predict_review_of_only_unknown_words_says_it_is_a_default_guess(predict
     label, probability = predict_review("zorblax quonk")
     assert label in helpers.LABEL_NAMES and 0 < probability < 1
     assert "no word of this review is in the vocabulary" in capsys.readouterr().out
+
+
+def test_the_training_step_hands_freed_memory_back_only_above_the_mark(monkeypatch):
+    # The lesson's train_epoch asks after every step; helpers trims only when the process is above the mark.
+    space = namespace("train_epoch")
+    asked = []
+    monkeypatch.setattr(helpers, "return_freed_memory", lambda above_mib=None: asked.append(above_mib))
+    model = sentiment_lstm(vocab_size=20).train()
+    train = helpers.BucketBatches(*_toy_data(), 8, shuffle=True, seed=0)
+    space["train_epoch"](model, train, torch.optim.SGD(model.parameters(), lr=0.1), torch.nn.BCEWithLogitsLoss(),
+                         1.0, "cpu")
+    assert asked == [helpers.TRIM_ABOVE_MIB] * len(train)
+
+
+def test_freed_memory_is_handed_back_above_the_mark_and_kept_below_it(monkeypatch):
+    resident = helpers.resident_mib()
+    if resident is None:
+        pytest.skip("no /proc/self/statm here")
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched: resident memory must show it
+    assert helpers.resident_mib() >= resident + 60
+    del block
+    trims = []
+    monkeypatch.setattr(helpers.ctypes, "CDLL", lambda name: type("libc", (), {"malloc_trim": trims.append})())
+    assert helpers.return_freed_memory(above_mib=1e9) is False and trims == []  # far below: no trim, no cost
+    assert helpers.return_freed_memory(above_mib=1.0) is True and trims == [0]  # above: malloc_trim(0)
+    assert helpers.return_freed_memory() is True and trims == [0, 0]  # no mark: always

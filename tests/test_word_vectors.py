@@ -54,6 +54,25 @@ def test_ppmi_keeps_only_pairs_that_meet_more_often_than_chance():
     assert all(value >= 0 for row in weights for value in row)
 
 
+def test_ppmi_in_parts_is_ppmi_in_one_go_to_the_bit():
+    # Parts of 7 entries: rows split between parts, and rows with nothing kept in a part.
+    matrix = torch.rand(30, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    counts = ((matrix + matrix.T) * 5 * (matrix > 0.6)).round().to_sparse_csr()
+    whole, parts = helpers.ppmi(counts, part_size=10**9), helpers.ppmi(counts, part_size=7)
+    assert whole.values().numel() < counts.values().numel()  # some entries fell below chance and were dropped
+    for a, b in ((whole.crow_indices(), parts.crow_indices()), (whole.col_indices(), parts.col_indices()),
+                 (whole.values(), parts.values())):
+        assert torch.equal(a, b)
+
+
+def test_csr_matrix_sorts_each_row_by_column():
+    rows, cols = np.array([3, 0, 3, 1, 0], dtype=np.int32), np.array([1, 4, 0, 2, 1], dtype=np.int32)
+    matrix = helpers._csr_matrix(rows, cols, np.arange(5.0), 5)
+    assert matrix.crow_indices().tolist() == [0, 2, 3, 3, 5, 5]
+    assert matrix.col_indices().tolist() == [1, 4, 2, 0, 1]
+    assert matrix.values().tolist() == [4.0, 1.0, 3.0, 2.0, 0.0]
+
+
 def test_svd_vectors_are_reproducible_unit_scale_and_leave_the_global_random_state_alone():
     matrix = torch.rand(40, 40, generator=torch.Generator().manual_seed(0))
     matrix = ((matrix + matrix.T) * (matrix > 0.7)).to_sparse()
