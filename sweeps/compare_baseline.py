@@ -181,6 +181,14 @@ def markdown_tables(rows, summary, rules):
     return "\n".join(lines) + "\n"
 
 
+def rules_path(out):
+    """Where the rules' cross-validation goes: figures/baseline_rules_cv.csv beside figures/baseline_seeds.csv,
+    figures/best_epoch_rules_cv.csv beside figures/best_epoch_seeds.csv (so that a second set of runs keeps
+    the first set's)."""
+    out = Path(out)
+    return out.with_name(out.name.removesuffix("_seeds") + "_rules_cv.csv")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="finished default runs, one per seed")
@@ -194,7 +202,7 @@ def main(argv=None):
     summary = summary_rows(rows)
     write_csv(f"{args.out}.csv", rows)
     write_csv(f"{args.out}_summary.csv", summary)
-    write_csv(Path(args.out).with_name("baseline_rules_cv.csv"), rules)
+    write_csv(rules_path(args.out), rules)
     Path(f"{args.out}.md").write_text(markdown_tables(rows, summary, rules), encoding="utf-8")
     for row in summary:
         print(f"{row['split']:>5}  {row['what']:<40} {row['mean']:.4f}" + (f" ± {row['se']:.2f} (95 % t interval "

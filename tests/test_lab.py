@@ -617,3 +617,10 @@ def test_the_lab_names_the_commits_its_files_came_from():
     before = list(csv.DictReader(git("show", "faf6b15:figures/sweep_exercises_summary.csv").splitlines()))
     after = read_rows(FIGURES / "sweep_exercises_summary.csv")
     assert [{k: r[k] for k in before[0]} for r in after] == before
+
+
+def test_a_second_set_of_seeds_keeps_the_first_sets_rule_comparison():
+    import compare_baseline
+
+    assert compare_baseline.rules_path(FIGURES / "baseline_seeds") == FIGURES / "baseline_rules_cv.csv"
+    assert compare_baseline.rules_path(FIGURES / "best_epoch_seeds") == FIGURES / "best_epoch_rules_cv.csv"
