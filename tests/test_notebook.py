@@ -446,3 +446,16 @@ def test_the_lesson_fits_a_class_a_route_optional_marks_and_folded_answers():
         assert answers.startswith("<details>") and answers.rstrip().endswith("</details>")
         assert re.findall(r"^\d+\. ", answers, flags=re.M) == asked
     assert markdown[-1].startswith("<details>") and "ANSWERS_PLACEHOLDER" not in markdown[-1]
+
+
+def test_the_lessons_summary_quotes_the_three_seed_means_of_the_committed_records():
+    """Issue 22: the lesson compares with the strong baseline with its three-seed figure, not one run's."""
+    with open(REPO / "figures" / "best_epoch_seeds.csv", encoding="utf-8", newline="") as file:
+        runs = list(csv.DictReader(file))
+    assert [r["seed"] for r in runs] == ["42", "1", "2"]
+    means = {model: np.mean([float(r[f"{model}_test_acc"]) for r in runs]) for model in ("ngram", "lstm", "combined")}
+    cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
+    summary = " ".join("".join(c["source"]) for c in cells if "".join(c["source"]).startswith("## Summary")).split()
+    text = " ".join(summary)
+    assert f"over three seeds (test accuracy {means['ngram']:.4f} against {means['lstm']:.4f}, within noise" in text
+    assert f"they beat either alone ({means['combined']:.4f})" in text
