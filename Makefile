@@ -36,10 +36,11 @@ IMDB_ARCHIVE ?=
 # registered elsewhere must not shadow the one in .venv.
 export JUPYTER_PREFER_ENV_PATH := 1
 
-.PHONY: help install lock run test bench lint lab sweep sweep-summary publish clean clean-cache
+.PHONY: help install lock run exercise test bench lint lab sweep sweep-summary publish clean clean-cache
 
 help:
 	@echo "make run      train and evaluate with the default parameters; results in a new runs/<time>/"
+	@echo "make exercise the lesson at the exercises' size (PARAMS='-p cell gru' adds an exercise's change)"
 	@echo "make test     lint, unit tests and notebook tests on the bundled sample"
 	@echo "make bench    speed and memory: training throughput, predict_review latency; writes figures/benchmark.json"
 	@echo "make lab      open JupyterLab with the project's kernel"
@@ -108,6 +109,12 @@ run: install
 	$(BIN)/papermill $(NOTEBOOK) $$run_dir/sentiment_lstm.ipynb -k $(KERNEL) --log-output --progress-bar \
 		-p run_dir $$run_dir -p imdb_archive "$(IMDB_ARCHIVE)" $(PARAMS); \
 	echo "done: $$run_dir/metrics.json"
+
+# The lesson at the exercises' size (sweeps/exercises.yaml's base; about 70 s on two cores
+# once the cache is filled), plus an exercise's change: make exercise PARAMS="-p cell gru".
+EXERCISE_PARAMS := -p train_size 1500 -p valid_size 1000 -p test_size 2000 -p n_epochs 3
+exercise:
+	@$(MAKE) --no-print-directory run PARAMS='$(EXERCISE_PARAMS) $(PARAMS)'
 
 test: install
 	VENV=$(VENV) bash tests/run_tests.sh

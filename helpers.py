@@ -133,6 +133,7 @@ PARAM_SPECS = {
     "imdb_archive": ParamSpec(str, "a path to aclImdb_v1.tar.gz, or '' to download"),
     "use_sample": ParamSpec(bool, "True or False"),
     "valid_fraction": ParamSpec(float, "a fraction with 0 < value < 1", lambda v: 0 < v < 1),
+    "valid_size": ParamSpec(int, "0 (the whole validation split) or an integer >= 2", lambda v: v == 0 or v >= 2),
     "train_size": ParamSpec(int, "0 (every training review) or an integer >= 2", lambda v: v == 0 or v >= 2),
     "test_size": ParamSpec(int, "0 (every test review) or an integer >= 2", lambda v: v == 0 or v >= 2),
     "n_epochs": ParamSpec(int, "an integer >= 1 (0 only with init_checkpoint)", lambda v: v >= 0),
@@ -880,17 +881,19 @@ WORD_VECTORS_VERSION = 1
 def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75, seed=0, cache_dir=CACHE_DIR):
     """[len(vocab), dim] float32 word vectors from co-occurrences in token_lists: counts, PPMI, then an SVD.
 
-    Cached in cache_dir (None: no cache) under a hash of the ids, the vocabulary and every setting.
+    Cached in cache_dir (None: no cache) under a hash of the texts' tokens, the vocabulary and every setting.
     """
-    id_arrays = [np.array(vocab.lookup_indices(tokens), dtype=np.int32) for tokens in token_lists]
+    token_lists = list(token_lists)  # read twice below (a generator would be empty the second time)
     path = None
     if cache_dir is not None:
         # The library versions too: another torch may round the SVD otherwise, and a run must match a fresh one.
         settings = [WORD_VECTORS_VERSION, torch.__version__, np.__version__, int(dim), int(window),
                     float(context_power), int(seed)]
         digest = hashlib.sha256(json.dumps(["word vectors", settings, vocab.get_itos()]).encode())
-        for ids in id_arrays:
-            digest.update(len(ids).to_bytes(8, "little") + ids.tobytes())
+        # The tokens, not their ids: hashing them is faster than looking 13 million up, which a cached run skips.
+        # Each list's length, and separators no token holds (both are whitespace, which tokenize splits on).
+        digest.update(np.array([len(tokens) for tokens in token_lists], dtype=np.int64).tobytes())
+        digest.update("\x1e".join("\x1f".join(tokens) for tokens in token_lists).encode("utf-8", "surrogatepass"))
         path = Path(cache_dir) / f"word-vectors-{digest.hexdigest()[:32]}.npy"
         try:
             vectors = np.load(path, allow_pickle=False)
@@ -898,6 +901,7 @@ def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75,
                 return torch.from_numpy(vectors)
         except (OSError, ValueError, EOFError):
             pass
+    id_arrays = [np.array(vocab.lookup_indices(tokens), dtype=np.int32) for tokens in token_lists]
     counts = cooccurrence_matrix(id_arrays, len(vocab), window, (vocab[PAD_TOKEN], vocab[UNK_TOKEN]))
     del id_arrays
     if counts.values().numel() == 0:

@@ -51,7 +51,7 @@ def _toy_data(n=64, seed=0):
 # --------------------------------------------------------------------------- the edits still find their place
 
 
-@pytest.mark.parametrize("name", [*OPTION_SWEEPS, "exercises", "exercise_cells"])
+@pytest.mark.parametrize("name", [*OPTION_SWEEPS, "exercises"])
 def test_every_edit_of_the_sweeps_finds_its_text_exactly_once_in_the_lesson(name, tmp_path):
     spec = yaml.safe_load((REPO / "sweeps" / f"{name}.yaml").read_text())
     for run in spec["runs"]:

@@ -19,6 +19,9 @@ import sweep  # noqa: E402
 
 import helpers  # noqa: E402
 
+# The exercises' size: sweeps/exercises.yaml's base, and the lesson's answers come from its runs.
+EXERCISE_SIZE = {"train_size": 1500, "valid_size": 1000, "test_size": 2000, "n_epochs": 3}
+EXERCISE_RUNS = REPO / "figures" / "sweep_lesson_exercises_summary.csv"
 NAMES = ["use_sample", "n_epochs", "hidden_dim", "pooling", "bidirectional", "lr", "seed", "run_dir"]
 
 
@@ -194,36 +197,48 @@ def test_an_edit_must_find_its_text_exactly_once(tmp_path):
             sweep.edited_notebook({"find": text, "replace": "x"}, tmp_path / "bad.ipynb")
 
 
-@pytest.mark.parametrize("name, runs", [
-    ("exercises", ["baseline", "ex2-no-pretrained-vectors", "ex3-max-length-400", "ex3-max-length-1200",
-                   "ex4-one-direction", "ex6-padding-first"]),
-    ("exercise_cells", ["baseline", "ex1-lstm-last", "ex1-gru-max", "ex1-gru-last", "ex1-rnn-max", "ex1-rnn-last"]),
-])
-def test_every_exercise_runs_on_the_sample(tmp_path, name, runs):
-    """An exercises' sweep file, with its full-data base swapped for tiny settings on the sample."""
+def test_every_exercise_runs_on_the_sample(tmp_path):
+    """The exercises' sweep file, with its full-data base swapped for tiny settings on the sample."""
+    name, runs = "exercises", ["baseline", "ex1-lstm-last", "ex1-gru-max", "ex1-gru-last", "ex1-rnn-max",
+                               "ex1-rnn-last", "ex2-no-pretrained-vectors", "ex3-max-length-400",
+                               "ex3-max-length-1200", "ex4-one-direction", "ex6-padding-first"]
     spec = yaml.safe_load((REPO / "sweeps" / f"{name}.yaml").read_text())
-    assert spec["base"] == {"train_size": 2500, "test_size": 5000} and spec.pop("seeds") == [42, 1, 2]
-    spec["base"] = {"use_sample": True, "train_size": 100, "test_size": 50, "n_epochs": 1, "embedding_dim": 8,
-                    "hidden_dim": 8, "max_vocab_size": 2000}
+    # the exercises' size the lesson's route, its parameters cell and its answers name
+    assert spec["base"] == EXERCISE_SIZE and spec.pop("seeds") == [42, 1, 2]
+    spec["base"] = {"use_sample": True, "train_size": 100, "valid_size": 12, "test_size": 50, "n_epochs": 1,
+                    "embedding_dim": 8, "hidden_dim": 8, "max_vocab_size": 2000}
     assert [run["name"] for run in spec["runs"]] == runs
     sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, name), tmp_path / "runs", jobs=2)
     assert failed == []
     for run in runs:
         metrics = json.loads((sweep_dir / run / "metrics.json").read_text())
-        assert metrics["n_train_reviews"] == 100 and sum(map(sum, metrics["test_confusion_matrix"])) == 50, run
+        assert metrics["n_train_reviews"] == 100 and metrics["n_valid_reviews"] == 12, run
+        assert sum(map(sum, metrics["test_confusion_matrix"])) == 50, run
         assert metrics["config"]["model"]["cell"] == ("gru" if "gru" in run else "rnn" if "rnn" in run else "lstm")
-    if name == "exercises":
-        edited = json.loads((sweep_dir / "ex6-padding-first" / "sentiment_lstm.ipynb").read_text())
-        assert any("return x.flip(1)" in "".join(c["source"]) for c in edited["cells"])
+    edited = json.loads((sweep_dir / "ex6-padding-first" / "sentiment_lstm.ipynb").read_text())
+    assert any("return x.flip(1)" in "".join(c["source"]) for c in edited["cells"])
+
+
+def test_the_exercises_size_is_the_same_in_the_lesson_the_makefile_and_the_sweep():
+    """`make exercise`, the lesson's route and its parameters cell give sweeps/exercises.yaml's base."""
+    make_line = next(line for line in (REPO / "Makefile").read_text().splitlines()
+                     if line.startswith("EXERCISE_PARAMS :="))
+    words = make_line.split(":=", 1)[1].split()
+    assert dict(zip(words[1::3], map(int, words[2::3]), strict=True)) == EXERCISE_SIZE and set(words[::3]) == {"-p"}
+    lesson = json.loads((REPO / "notebooks" / "sentiment_lstm.ipynb").read_text())
+    sources = {cell.get("id"): "".join(cell["source"]) for cell in lesson["cells"]}
+    settings = ", ".join(f"`{name} = {value}`" for name, value in EXERCISE_SIZE.items())
+    assert settings in " ".join(sources["cell-00"].split())  # the 50-minute route
+    for name, value in EXERCISE_SIZE.items():
+        assert re.search(rf"^{name} = .*\(exercises: {value}\)$", sources["cell-03"], flags=re.M), name
 
 
 
-@pytest.mark.parametrize("summary", ["sweep_exercise_cells_summary.csv", "sweep_exercises_summary.csv"])
-def test_the_lessons_exercise_answers_are_the_tables_of_the_committed_exercise_runs(summary):
-    """Each answers table in the lesson is what sweeps/exercise_answers.py makes of the committed summary."""
+def test_the_lessons_exercise_answers_are_the_table_of_the_committed_exercise_runs():
+    """The answers table in the lesson is what sweeps/exercise_answers.py makes of the committed summary."""
     import exercise_answers
 
-    table = exercise_answers.answers_table(exercise_answers.read_runs(REPO / "figures" / summary))
+    table = exercise_answers.answers_table(exercise_answers.read_runs(EXERCISE_RUNS))
     lesson = json.loads((REPO / "notebooks" / "sentiment_lstm.ipynb").read_text())
     assert table in "".join(lesson["cells"][-1]["source"])
     assert table.count("\n") >= 4  # a header, its rule and at least three configurations

@@ -225,11 +225,14 @@ def test_settings_given_as_numpy_numbers_find_the_same_cache(own_cache_dir, coun
     assert counted_counting.calls == 1
 
 
-def test_an_unknown_word_changes_nothing_the_vectors_depend_on(own_cache_dir, counted_counting, cache_vocab):
-    helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS)
+def test_the_key_is_the_tokens_so_another_unknown_word_recomputes_the_same_vectors(own_cache_dir, counted_counting,
+                                                                                   cache_vocab):
+    # The key hashes tokens, not ids (a cached run then looks none up): two texts that differ only in an unknown
+    # word have the same ids and vectors, but two keys. Recomputing is the safe side of that.
+    first = helpers.pretrain_word_vectors(CACHE_TEXTS, cache_vocab, **SETTINGS)
     other = [["yyy" if token == "zzz" else token for token in tokens] for tokens in CACHE_TEXTS]
-    helpers.pretrain_word_vectors(other, cache_vocab, **SETTINGS)  # both <unk>: the same ids, the same vectors
-    assert counted_counting.calls == 1
+    second = helpers.pretrain_word_vectors(other, cache_vocab, **SETTINGS)  # both <unk>
+    assert counted_counting.calls == 2 and torch.equal(first, second)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "another shape", "float64", "a pickle"])
@@ -300,7 +303,8 @@ def _run_the_notebooks_data_cells(tmp_path, monkeypatch, **parameters):
 
     monkeypatch.setattr(helpers, "cooccurrence_matrix", recording_counting)
     space = {"helpers": helpers, "np": np, "time": time, "itertools": itertools, "display": print, "use_sample": True,
-             "imdb_archive": "", "valid_fraction": 1 / 3, "train_size": 0, "test_size": 0, "seed": 0,
+             "imdb_archive": "", "valid_fraction": 1 / 3, "valid_size": 0, "train_size": 0, "test_size": 0,
+             "seed": 0,
              "init_checkpoint": "",
              "min_freq": 2, "max_vocab_size": 1000, "pretrain_embeddings": True, "embedding_dim": 3,
              "word_vector_window": 2, "ppmi_context_power": 0.75, "max_length": 50, **parameters}
@@ -338,3 +342,12 @@ def test_the_notebooks_training_subset_has_exactly_train_size_reviews(tmp_path, 
     assert len(space["train_idx"]) == 5 and set(space["train_idx"]) <= set(range(12)) - set(space["valid_idx"])
     assert abs(sum(space["train_labels"][i] for i in space["train_idx"]) - 2.5) < 1
     assert len(counted) == 5 + 4
+
+
+def test_the_notebooks_validation_subset_has_valid_size_reviews_of_the_held_out_split_only(tmp_path, monkeypatch):
+    whole, _ = _run_the_notebooks_data_cells(tmp_path / "whole", monkeypatch)
+    space, _ = _run_the_notebooks_data_cells(tmp_path / "subset", monkeypatch, valid_size=2)
+    assert len(space["valid_idx"]) == 2 and set(space["valid_idx"]) <= set(whole["valid_idx"])
+    assert space["train_idx"] == whole["train_idx"]  # the training split is the same, reviews and all
+    assert sorted(space["train_labels"][i] for i in space["valid_idx"]) == [0, 1]  # stratified
+    assert space["valid_labels"] == [space["train_labels"][i] for i in space["valid_idx"]]
