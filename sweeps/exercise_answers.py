@@ -1,16 +1,16 @@
-"""The answers tables of the lesson's exercises, from the exercise sweeps' records of their runs.
+"""The answers table of the lesson's exercises, from the exercise sweep's records of its runs.
 
-    python sweeps/exercise_answers.py figures/sweep_exercise_cells_summary.csv
-    python sweeps/exercise_answers.py figures/sweep_exercises_summary.csv
+    python sweeps/exercise_answers.py figures/sweep_lesson_exercises_summary.csv
 
-Reads a sweep's summary.csv (one row per run; `make sweep SWEEP=sweeps/exercise_cells.yaml` and
-`SWEEP=sweeps/exercises.yaml` write them into runs/, and figures/ holds the committed copies) and
+Reads a sweep's summary.csv (one row per run; `make sweep SWEEP=sweeps/exercises.yaml` writes it
+into runs/lesson-exercises/, and figures/ holds the committed copy; the earlier exercise sweeps'
+figures/sweep_exercises_summary.csv and sweep_exercise_cells_summary.csv read the same way) and
 prints a markdown table: each configuration's validation accuracy at the best epoch for each
 seed, their mean, the paired difference from the baseline of the same
 seed (same split, same vocabulary) with its standard error and whether it is beyond noise under
 the t distribution with n - 1 degrees of freedom (4.30 standard errors for three seeds), seconds
 per epoch, and the whole run's seconds (papermill's record of the notebook's execution).
-The lesson's answers cell holds both tables; tests/test_sweep.py checks that it still does.
+The lesson's answers cell holds the table; tests/test_sweep.py checks that it still does.
 """
 
 import csv
