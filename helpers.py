@@ -888,12 +888,13 @@ def pretrain_word_vectors(token_lists, vocab, dim, window=5, context_power=0.75,
     if cache_dir is not None:
         # The library versions too: another torch may round the SVD otherwise, and a run must match a fresh one.
         settings = [WORD_VECTORS_VERSION, torch.__version__, np.__version__, int(dim), int(window),
-                    float(context_power), int(seed)]
+                    float(context_power), int(seed), vocab.get_default_index()]
         digest = hashlib.sha256(json.dumps(["word vectors", settings, vocab.get_itos()]).encode())
         # The tokens, not their ids: hashing them is faster than looking 13 million up, which a cached run skips.
-        # Each list's length, and separators no token holds (both are whitespace, which tokenize splits on).
+        # Each list's length, and a separator no token holds (whitespace, which tokenize splits on).
         digest.update(np.array([len(tokens) for tokens in token_lists], dtype=np.int64).tobytes())
-        digest.update("\x1e".join("\x1f".join(tokens) for tokens in token_lists).encode("utf-8", "surrogatepass"))
+        for tokens in token_lists:
+            digest.update("\x1f".join(tokens).encode("utf-8", "surrogatepass") + b"\x1e")
         path = Path(cache_dir) / f"word-vectors-{digest.hexdigest()[:32]}.npy"
         try:
             vectors = np.load(path, allow_pickle=False)

@@ -11,8 +11,8 @@ import helpers
 from conftest import REPO, TinyModel
 
 DEFAULTS = dict(
-    imdb_archive="", use_sample=True, valid_fraction=0.1, train_size=0, test_size=0, n_epochs=1, patience=2,
-    batch_size=8,
+    imdb_archive="", use_sample=True, valid_fraction=0.1, valid_size=0, train_size=0, test_size=0, n_epochs=1,
+    patience=2, batch_size=8,
     max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, ngram_max_n=2, ngram_c_values=[0.3],
     pretrain_embeddings=True, word_vector_window=5, ppmi_context_power=0.75, hidden_dim=8, cell="lstm", n_layers=1,
     bidirectional=True, pooling="max", embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0,
@@ -25,6 +25,7 @@ BAD_VALUES = [
     ("imdb_archive", 3, "imdb_archive=3 is not valid: expected a path"),
     ("use_sample", "yes", "use_sample='yes' is not valid: expected True or False"),
     ("valid_fraction", 1.0, "valid_fraction=1.0 is not valid: expected a fraction"),
+    ("valid_size", 1, "valid_size=1 is not valid: expected 0 \\(the whole validation split\\) or an integer >= 2"),
     ("train_size", 1, "train_size=1 is not valid: expected 0 \\(every training review\\) or an integer >= 2"),
     ("train_size", -5, "train_size=-5 is not valid"),
     ("test_size", 1, "test_size=1 is not valid: expected 0 \\(every test review\\) or an integer >= 2"),
