@@ -408,31 +408,32 @@ def test_the_sweep_runner_itself_never_unpickles_anything():
 
 def test_the_lessons_prose_about_the_exercises_is_the_committed_runs():
     """The numbers the lesson's text quotes from the exercise runs (the gates section and the answers)."""
-    rows = [r for r in csv.DictReader(EXERCISE_RUNS.open(encoding="utf-8")) if r["status"] == "ok"]
-    acc = {(r["run"].rsplit("_seed-", 1)[0], r["seed"]): float(r["best_valid_acc"]) for r in rows}
-    seeds = ("42", "1", "2")
+    import exercise_answers
+    import stats
+
+    runs = exercise_answers.read_runs(EXERCISE_RUNS)
+    acc = {config: {seed: float(row["best_valid_acc"]) for seed, row in by_seed.items()}
+           for config, by_seed in runs.items()}
 
     def paired(config, reference="baseline"):
-        diffs = [100 * (acc[(config, s)] - acc[(reference, s)]) for s in seeds]
-        mean = sum(diffs) / 3
-        se = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5 / 3 ** 0.5
-        return diffs, mean, abs(mean) > 4.30 * se
+        """The paired comparison the answers table makes, and whether every seed is behind."""
+        diff = stats.paired_by_seed(acc[config], acc[reference], scale=100, what=config)
+        return diff, all(acc[config][s] < acc[reference][s] for s in acc[config])
 
     lesson = json.loads((REPO / "notebooks" / "sentiment_lstm.ipynb").read_text())
     text = " ".join(" ".join("".join(c["source"]) for c in lesson["cells"] if c["cell_type"] == "markdown").split())
-    rnn_last, last_gap, last_beyond = paired("ex1-rnn-last", "ex1-lstm-last")
-    rnn_max, max_gap, max_beyond = paired("ex1-rnn-max")
-    # "on every seed", "within noise"
-    assert max(rnn_last) < 0 and max(rnn_max) < 0 and not last_beyond and not max_beyond
-    assert (f"the plain RNN stays behind the LSTM on every seed, by {-last_gap:.1f} points with the last output "
-            f"and {-max_gap:.1f} with max pooling, within noise") in text
-    lstm_last, lstm_gap, _ = paired("ex1-lstm-last")
-    assert max(lstm_last) < 0 and f"the LSTM loses {-lstm_gap:.1f} points" in text
-    no_vectors, vectors_gap, _ = paired("ex2-no-pretrained-vectors")
-    assert max(no_vectors) < 0 and f"Lower on every seed, by {-vectors_gap:.1f} points" in text
-    assert not any(paired(c)[2] for c in {c for c, _ in acc} - {"baseline"})  # "nothing beyond noise here"
-    spread = max(100 * (max(acc[(c, s)] for s in seeds) - min(acc[(c, s)] for s in seeds)) for c, _ in acc)
+    (last, last_every), (pooled, max_every) = paired("ex1-rnn-last", "ex1-lstm-last"), paired("ex1-rnn-max")
+    assert last_every and max_every and not last.beyond_noise and not pooled.beyond_noise
+    assert (f"the plain RNN stays behind the LSTM on every seed, by {-last.mean:.1f} points with the last output "
+            f"and {-pooled.mean:.1f} with max pooling, within noise") in text
+    lstm_last, every = paired("ex1-lstm-last")
+    assert every and f"the LSTM loses {-lstm_last.mean:.1f} points" in text
+    no_vectors, every = paired("ex2-no-pretrained-vectors")
+    assert every and f"Lower on every seed, by {-no_vectors.mean:.1f} points" in text
+    assert not any(paired(config)[0].beyond_noise for config in set(acc) - {"baseline"})  # "nothing beyond noise"
+    spread = max(100 * (max(by_seed.values()) - min(by_seed.values())) for by_seed in acc.values())
     assert f"The seeds move a run by up to {spread:.0f} points" in text
-    not_last = sum(r["best_epoch"] != r["epochs"] for r in rows)
-    assert not_last == 3 and "in all but three runs the last epoch was the best" in text
-    assert f"one seed hardly learned: {min(acc[('ex1-rnn-max', s)] for s in seeds):.4f}" in text
+    rows = [row for by_seed in runs.values() for row in by_seed.values()]
+    assert sum(row["best_epoch"] != row["epochs"] for row in rows) == 3
+    assert "in all but three runs the last epoch was the best" in text
+    assert f"one seed hardly learned: {min(acc['ex1-rnn-max'].values()):.4f}" in text
