@@ -166,6 +166,7 @@ PARAM_SPECS = {
     "run_dir": ParamSpec(str, "a folder path, or '' for a new folder under runs/"),
     "init_checkpoint": ParamSpec(str, "a checkpoint folder, or '' to train"),
     "predict_file": ParamSpec(str, "a text file with one review per line, or ''"),
+    "ood_data": ParamSpec(str, "a folder holding the out-of-domain sets, or '' ($OOD_DATA, data/ood/, a download)"),
 }
 
 
@@ -187,7 +188,7 @@ def validate_params(params):
         checked[name] = value
     if checked["n_epochs"] == 0 and not checked["init_checkpoint"]:
         raise ValueError("parameter n_epochs=0 is only valid with init_checkpoint; expected n_epochs >= 1")
-    for name in ("imdb_archive", "init_checkpoint", "predict_file"):
+    for name in ("imdb_archive", "init_checkpoint", "predict_file", "ood_data"):
         if checked[name] and not Path(checked[name]).exists():
             raise ValueError(f"parameter {name}={checked[name]!r} is not valid: no such file or folder")
     if checked["device"] == "cuda" and not torch.cuda.is_available():
@@ -516,6 +517,190 @@ def read_imdb(root, split):
         texts += found
         labels += [label] * len(found)
     return texts, labels
+
+
+# --------------------------------------------------------------------------- reviews that are not IMDB's
+OOD_DIR = DATA_DIR / "ood"  # where downloaded out-of-domain sets are kept
+SENTENCES_ZIP_URL = "https://archive.ics.uci.edu/static/public/331/sentiment+labelled+sentences.zip"
+POLARITY_URL = "http://www.cs.cornell.edu/people/pabo/movie-review-data/review_polarity.tar.gz"
+# The polarity archive holds 2,000 reviews of 3 MB in all: anything much bigger is not that archive.
+POLARITY_MAX_MEMBERS, POLARITY_MAX_BYTES = 2_100, 16 << 20
+SENTENCES_MAX_BYTES = 1 << 20  # each Kotzias et al. file is about 60 kB
+
+
+@dataclass(frozen=True)
+class OutOfDomainSet:
+    """One labelled set from outside IMDB: where it comes from, its checksum and its role here."""
+
+    name: str  # its key in metrics.json and logits.npz
+    title: str
+    role: str  # "development": out-of-domain choices may look at it; "evaluation only": never
+    file: str
+    sha256: str
+    url: str  # the authors' download: the file itself, or a zip holding it
+    reader: str  # the name of the function in this module that reads it
+
+
+OOD_SETS = (
+    OutOfDomainSet("amazon", "Amazon: phones and accessories, one sentence each", "development",
+                   "amazon_cells_labelled.txt",
+                   "47003fc0a0d4840b00e96e715b6189bad09e7443a3da41c4cbe12ffc79f86ae3", SENTENCES_ZIP_URL,
+                   "read_labelled_sentences"),
+    OutOfDomainSet("yelp", "Yelp: restaurants, one sentence each", "evaluation only", "yelp_labelled.txt",
+                   "b565b1eeb864d76842588c3a256731b08bcdd9faf6de507bfe211a96f8b81912", SENTENCES_ZIP_URL,
+                   "read_labelled_sentences"),
+    OutOfDomainSet("polarity", "Pang & Lee: full-length movie reviews, Usenet before 2002", "evaluation only",
+                   "review_polarity.tar.gz",
+                   "fc0dccc2671af5db3c5d8f81f77a1ebfec953ecdd422334062df61ede36b2179", POLARITY_URL,
+                   "read_polarity"),
+)
+
+
+def sha256sum(path, chunk_size=1 << 20):
+    """The SHA-256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_labelled_sentences(path):
+    """Kotzias et al.'s format, a sentence, a tab and 1 (positive) or 0 (negative) a line: (texts, labels)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    if path.stat().st_size > SENTENCES_MAX_BYTES:
+        raise ValueError(f"{path} holds {path.stat().st_size:,} bytes, more than a labelled-sentences file "
+                         f"({SENTENCES_MAX_BYTES:,} at most)")
+    texts, labels = [], []
+    for number, line in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        text, tab, label = line.rpartition("\t")
+        if not tab or label.strip() not in ("0", "1") or not text.strip():
+            raise ValueError(f"{path}, line {number}: expected a sentence, a tab and 0 or 1, got {line[:80]!r}")
+        texts.append(text.strip())
+        labels.append(int(label))
+    if not texts:
+        raise ValueError(f"{path} holds no labelled sentence")
+    return texts, labels
+
+
+def read_polarity(path):
+    """Pang & Lee's polarity v2.0 archive, read without extracting it: (texts, labels), negatives first.
+
+    Each review is lower-cased and tokenized by its authors, a sentence a line; its lines are joined by spaces.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    found = {0: [], 1: []}
+    total = 0
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > POLARITY_MAX_MEMBERS:
+                    raise ValueError(f"{path} holds over {POLARITY_MAX_MEMBERS:,} members: not the polarity archive")
+                parts = member.name.split("/")
+                if not member.isfile() or len(parts) != 3 or parts[0] != "txt_sentoken" or parts[1] not in (
+                        "neg", "pos") or not parts[2].endswith(".txt"):
+                    continue  # the README, folders: nothing else is read
+                total += member.size
+                if total > POLARITY_MAX_BYTES:
+                    raise ValueError(f"{path} expands to more than {POLARITY_MAX_BYTES:,} bytes of reviews: "
+                                     "not the polarity archive")
+                data = tar.extractfile(member).read()
+                found[int(parts[1] == "pos")].append((parts[2], " ".join(data.decode("utf-8", "replace").split())))
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(f"{path} is truncated or not a valid tar.gz archive ({err})") from err
+    if not found[0] or not found[1]:
+        raise ValueError(f"{path} lacks txt_sentoken/neg/*.txt or txt_sentoken/pos/*.txt: not the polarity archive")
+    texts, labels = [], []
+    for label in (0, 1):
+        texts += [text for _, text in sorted(found[label])]
+        labels += [label] * len(found[label])
+    return texts, labels
+
+
+def _download_ood(spec, folder, timeout=20):
+    """Fetch spec's file from its authors into folder (from inside their zip where they publish one)."""
+    target = Path(folder) / spec.file
+    if not spec.url.endswith(".zip"):
+        return download(spec.url, target, progress=False, timeout=timeout)
+    import zipfile
+
+    archive = download(spec.url, Path(folder) / Path(spec.url).name, progress=False, timeout=timeout)
+    with zipfile.ZipFile(archive) as bundle:
+        member = next((info for info in bundle.infolist() if Path(info.filename).name == spec.file
+                       and not info.filename.startswith("__MACOSX")), None)
+        if member is None or member.file_size > SENTENCES_MAX_BYTES:
+            raise ValueError(f"{archive} holds no {spec.file} of the expected size")
+        write_atomic(target, bundle.read(member))
+    return target
+
+
+def find_ood_set(spec, folder="", download_missing=True, log=print):
+    """The path of one out-of-domain set, or None (with a note) where it is neither given nor downloadable.
+
+    Looked for in `folder` (a local copy, as imdb_archive is), then in data/ood/, then downloaded there.
+    A download must match the published SHA-256; a local copy that does not is used, and the note says so.
+    """
+    for place in ([Path(folder)] if folder else []) + [OOD_DIR]:
+        path = place / spec.file
+        if path.is_file():
+            if (actual := sha256sum(path)) != spec.sha256:
+                log(f"note: {shown_path(path)} is not the published {spec.file} (SHA-256 {actual[:12]}…): "
+                    "its figures are not comparable with the README's")
+            return path
+    if folder and not Path(folder).is_dir():
+        raise FileNotFoundError(f"ood_data {folder} is not a folder")
+    if not download_missing:
+        log(f"note: {spec.file} not found{f' in {folder}' if folder else ''}; the {spec.name} set is skipped")
+        return None
+    try:
+        path = _download_ood(spec, OOD_DIR)
+    except (ConnectionError, ValueError, OSError) as err:
+        log(f"note: {spec.file} is not in {folder or shown_path(OOD_DIR)} and could not be downloaded "
+            f"({str(err).split('. ')[0]}); the {spec.name} set is skipped")
+        return None
+    if (actual := sha256sum(path)) != spec.sha256:
+        path.unlink()
+        raise ValueError(f"the download of {spec.file} has SHA-256 {actual}, not the published {spec.sha256}; "
+                         "it was deleted")
+    return path
+
+
+@dataclass
+class OutOfDomainData:
+    """One out-of-domain set as read: its texts, their tokens and labels, what it is and its file's SHA-256."""
+
+    texts: list
+    tokens: list
+    labels: list
+    spec: OutOfDomainSet
+    sha256: str
+
+
+def load_ood_sets(folder="", download_missing=True, log=print, cache_dir=None):
+    """{name: OutOfDomainData} for each out-of-domain set found (OOD_SETS, in their order), tokenized.
+
+    A text with no tokens (nothing to classify) is left out, and the note says how many.
+    """
+    loaded = {}
+    for spec in OOD_SETS:
+        path = find_ood_set(spec, folder, download_missing, log)
+        if path is None:
+            continue
+        texts, labels = globals()[spec.reader](path)
+        tokens = tokenize_all(texts, **({} if cache_dir is None else {"cache_dir": cache_dir}))
+        kept = [i for i, t in enumerate(tokens) if t]
+        if len(kept) < len(texts):
+            log(f"note: {len(texts) - len(kept)} texts of {spec.file} have no words once cleaned; left out")
+        loaded[spec.name] = OutOfDomainData([texts[i] for i in kept], [tokens[i] for i in kept],
+                                            [labels[i] for i in kept], spec, sha256sum(path))
+    return loaded
 
 
 # --------------------------------------------------------------------------- text
@@ -1111,17 +1296,26 @@ def sigmoid(logits):
     return np.exp(-np.logaddexp(0, -np.asarray(logits, dtype=np.float64)))  # no overflow for large |logit|
 
 
+def review_tokens(text, number=None):
+    """The tokens of one review to classify, or an error saying why it is not one."""
+    which = "the review" if number is None else f"review {number}"
+    if not isinstance(text, str):
+        raise TypeError(f"a review must be a str, got {type(text).__name__}" + ("" if number is None else
+                                                                                f" (item {number})"))
+    if not text.strip():
+        raise ValueError(f"{which} is empty or only whitespace; there is nothing to classify")
+    tokens = tokenize(text)
+    if not tokens:
+        raise ValueError(f"{which} has no words once HTML markup is removed: {text[:60]!r}")
+    return tokens
+
+
 def predict_proba(model, texts, vocab, max_length, device, batch_size=64):
     """Probability of 'positive' for each text; each review is read up to its first max_length tokens."""
-    for i, text in enumerate(texts):
+    for i, text in enumerate(texts):  # every type checked before any tokenizing
         if not isinstance(text, str):
             raise TypeError(f"a review must be a str, got {type(text).__name__} (item {i})")
-        if not text.strip():
-            raise ValueError(f"review {i} is empty or only whitespace; there is nothing to classify")
-    token_lists = [tokenize(text) for text in texts]
-    for i, tokens in enumerate(token_lists):
-        if not tokens:
-            raise ValueError(f"review {i} has no words once HTML markup is removed: {texts[i][:60]!r}")
+    token_lists = [review_tokens(text, i) for i, text in enumerate(texts)]
     encoded = [numericalize(tokens, vocab, max_length) for tokens in token_lists]
     return sigmoid(predict_logits(model, BucketBatches(encoded, [0] * len(encoded), batch_size), device))
 
@@ -1150,12 +1344,14 @@ def known_fraction(text, vocab):
     return sum(vocab[t] != unk for t in tokens) / max(len(tokens), 1)
 
 
-def write_predictions(path, line_numbers, reviews, probabilities):
-    """Write predictions.csv: line number, label, probability of positive and the review."""
-    rows = ["line,label,prob_positive,review"]
-    for number, review, prob in zip(line_numbers, reviews, probabilities, strict=True):
+def write_predictions(path, line_numbers, reviews, probabilities, lstm=None, ngram=None):
+    """Write predictions.csv: line number, label, probability of positive (and each part's), and the review."""
+    parts = [(name, values) for name, values in (("prob_lstm", lstm), ("prob_ngram", ngram)) if values is not None]
+    rows = [",".join(["line", "label", "prob_positive", *(name for name, _ in parts), "review"])]
+    for k, (number, review, prob) in enumerate(zip(line_numbers, reviews, probabilities, strict=True)):
         quoted = '"' + review.replace('"', '""') + '"'
-        rows.append(f"{number},{LABEL_NAMES[int(prob >= 0.5)]},{prob:.6f},{quoted}")
+        shown = "".join(f"{values[k]:.6f}," for _, values in parts)
+        rows.append(f"{number},{LABEL_NAMES[int(prob >= 0.5)]},{prob:.6f},{shown}{quoted}")
     write_atomic(path, "\n".join(rows) + "\n")
 
 
@@ -1227,6 +1423,48 @@ class NBNgramFeatures:
     def feature_names(self):
         """The n-grams, in column order."""
         return self.vectorizer.get_feature_names_out()
+
+
+class NgramModel:
+    """The fitted n-gram baseline as one scorer: logit = bias + sum over the review's distinct known n-grams of
+    ratio x weight. It also says which share of a review's n-grams it has seen in training (its coverage)."""
+
+    def __init__(self, ngrams, ratios, weights, bias, max_n, c=None):
+        from sklearn.feature_extraction.text import CountVectorizer
+
+        vocabulary = ngrams if isinstance(ngrams, dict) else {ngram: i for i, ngram in enumerate(ngrams)}
+        self.ratios = np.asarray(ratios, dtype=np.float32)
+        self.weights = np.asarray(weights, dtype=np.float64)  # the regression's own precision
+        if not (len(vocabulary) == self.ratios.shape[0] == self.weights.shape[0]):
+            raise ValueError(f"{len(vocabulary)} n-grams, {self.ratios.shape[0]} ratios and "
+                             f"{self.weights.shape[0]} weights: one of each per n-gram")
+        self.bias, self.max_n, self.c = float(bias), int(max_n), c  # c: the regression's C, where known
+        self.vectorizer = CountVectorizer(tokenizer=_same, preprocessor=_same, token_pattern=None, lowercase=False,
+                                          ngram_range=(1, self.max_n), binary=True, dtype=np.float32,
+                                          vocabulary=vocabulary)
+        # One number per n-gram: what its presence adds to the logit (in float64, as the regression computes it).
+        self.effect = self.ratios.astype(np.float64) * self.weights
+
+    @classmethod
+    def from_fitted(cls, features, regression):
+        """From an NBNgramFeatures and the LogisticRegression fitted on its output."""
+        return cls(features.vectorizer.vocabulary_, features.ratios, regression.coef_[0], regression.intercept_[0],
+                   features.ngram_range[1], c=float(regression.C))
+
+    def ngrams(self):
+        """The n-grams, in column order."""
+        return self.vectorizer.get_feature_names_out().tolist()
+
+    def logits(self, token_lists):
+        """The n-gram logit of each token list."""
+        return self.vectorizer.transform(token_lists) @ self.effect + self.bias
+
+    def coverage(self, token_lists):
+        """The share of each token list's distinct n-grams (1- to max_n-grams) that training saw."""
+        known = np.diff(self.vectorizer.transform(token_lists).indptr)
+        distinct = np.array([len({" ".join(tokens[i:i + n]) for n in range(1, self.max_n + 1)
+                                  for i in range(len(tokens) - n + 1)}) for tokens in token_lists])
+        return known / np.maximum(distinct, 1)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -1321,6 +1559,191 @@ def load_weights(model, state):
     if problems:
         raise ValueError("checkpoint does not match the model: " + "; ".join(problems))
     model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- the combined model's files
+# Beside the LSTM's three files, a checkpoint holds the n-gram model and the combination (all optional, so
+# that a checkpoint made before them still loads, as the LSTM alone):
+NGRAMS_FILE = "ngrams.txt"  # the n-grams as text, one a line, in column order
+NGRAM_WEIGHTS_FILE = "ngram_weights.safetensors"  # their NB ratios (float32) and the regression's weights (float64)
+NGRAM_CONFIG_FILE = "ngram_model.json"  # {"format", "n_ngrams", "max_n", "c", "bias"}
+COMBINER_FILE = "combiner.json"  # {"format", "rule", "features", "weights", "bias"}
+MAX_NGRAMS = 10_000_000  # the full data has 1.3 million uni- and bigrams
+MAX_JSON_BYTES = 1 << 20
+
+
+def _regular_file(folder, name, max_bytes):
+    """folder/name, refused unless it is a regular file inside folder (no link) of at most max_bytes."""
+    path = Path(folder) / name
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise ValueError(f"{path} is a link or not a regular file; a checkpoint's files must be plain files")
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
+    if (size := path.stat().st_size) > max_bytes:
+        raise ValueError(f"{path} holds {size:,} bytes, more than the {max_bytes:,} such a file can need")
+    return path
+
+
+def _json_file(folder, name, max_bytes=MAX_JSON_BYTES):
+    """The JSON object in folder/name, or an error naming the file."""
+    path = _regular_file(folder, name, max_bytes)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
+def _field(path, value, name, kind, check=None, allowed=""):
+    """value[name], checked for its type and range, or an error naming the file and the field."""
+    if name not in value:
+        raise ValueError(f"{path}: field {name!r} is missing")
+    field = value[name]
+    if kind is float and isinstance(field, int) and not isinstance(field, bool):
+        field = float(field)
+    if not isinstance(field, kind) or isinstance(field, bool) or (check is not None and not check(field)):
+        raise ValueError(f"{path}: field {name!r} = {str(field)[:40]!r} is not valid: expected {allowed}")
+    return field
+
+
+def _finite(value):
+    return math.isfinite(value)
+
+
+def _safetensors_header(path, expected, because=""):
+    """Check a safetensors file's header against {name: (dtype, shape)} before any tensor is read."""
+    with open(path, "rb") as f:
+        start = f.read(8)
+        header_size = int.from_bytes(start, "little") if len(start) == 8 else -1
+        if not 0 < header_size <= MAX_JSON_BYTES:
+            raise ValueError(f"{path} is not a safetensors file: its header length {header_size} is not plausible")
+        try:
+            header = json.loads(f.read(header_size).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise ValueError(f"{path} is not a safetensors file: unreadable header ({err})") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file: its header is not an object")
+    header.pop("__metadata__", None)
+    if set(header) != set(expected):
+        raise ValueError(f"{path} holds tensors {sorted(header)}, expected exactly {sorted(expected)}")
+    end = 0
+    for name, (dtype, shape) in expected.items():
+        entry = header[name]
+        if not isinstance(entry, dict) or entry.get("dtype") != dtype or entry.get("shape") != list(shape):
+            raise ValueError(f"{path}: tensor {name!r} is {str(entry)[:80]}, expected {dtype} of shape {list(shape)}"
+                             + (f" ({because})" if because else ""))
+        end = max(end, entry["data_offsets"][1] if isinstance(entry.get("data_offsets"), list) else -1)
+    if path.stat().st_size != 8 + header_size + end:
+        raise ValueError(f"{path} has {path.stat().st_size:,} bytes, not the {8 + header_size + end:,} its header says")
+
+
+def has_ngram_model(folder):
+    """Whether a checkpoint folder holds an n-gram model (checkpoints made before this version do not)."""
+    return (Path(folder) / NGRAM_CONFIG_FILE).exists()
+
+
+def save_ngram_model(folder, model, c=None):
+    """Write the n-gram model: its n-grams as text, ratios and weights as safetensors, the rest as JSON."""
+    from safetensors.numpy import save as safetensors_bytes
+
+    folder = Path(folder)
+    ngrams = model.ngrams()
+    if any(not ngram or "\n" in ngram for ngram in ngrams):
+        raise ValueError("an n-gram is empty or holds a newline, so it cannot be saved one a line")
+    write_atomic(folder / NGRAMS_FILE, "".join(ngram + "\n" for ngram in ngrams))
+    write_atomic(folder / NGRAM_WEIGHTS_FILE, safetensors_bytes({"ratios": model.ratios, "weights": model.weights}))
+    write_json(folder / NGRAM_CONFIG_FILE, {"format": 1, "n_ngrams": len(ngrams), "max_n": model.max_n,
+                                            "c": model.c if c is None else c, "bias": model.bias})
+
+
+def load_ngram_model(folder):
+    """The n-gram model of a checkpoint, every file checked (kind, size, fields, shapes) before it is used."""
+    from safetensors.numpy import load as safetensors_load
+
+    folder = Path(folder)
+    path = folder / NGRAM_CONFIG_FILE
+    config = _json_file(folder, NGRAM_CONFIG_FILE)
+    if (extra := sorted(set(config) - {"format", "n_ngrams", "max_n", "c", "bias"})):
+        raise ValueError(f"{path}: unknown fields {extra}")
+    _field(path, config, "format", int, lambda v: v == 1, "1")
+    n = _field(path, config, "n_ngrams", int, lambda v: 1 <= v <= MAX_NGRAMS, f"an integer from 1 to {MAX_NGRAMS:,}")
+    max_n = _field(path, config, "max_n", int, lambda v: 1 <= v <= 3, "1, 2 or 3")
+    bias = _field(path, config, "bias", float, _finite, "a finite number")
+    c = config.get("c")
+    if c is not None:
+        c = _field(path, config, "c", float, lambda v: _finite(v) and v > 0, "a number > 0, or null")
+    weights_path = _regular_file(folder, NGRAM_WEIGHTS_FILE, 12 * n + (1 << 16))
+    _safetensors_header(weights_path, {"ratios": ("F32", (n,)), "weights": ("F64", (n,))},
+                        because=f"n_ngrams = {n} in {NGRAM_CONFIG_FILE}")
+    tensors = safetensors_load(weights_path.read_bytes())
+    if not all(np.isfinite(tensors[name]).all() for name in tensors):
+        raise ValueError(f"{weights_path}: the ratios or weights hold a value that is not finite")
+    ngrams_path = _regular_file(folder, NGRAMS_FILE, 64 * n * max_n)
+    try:
+        lines = ngrams_path.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{ngrams_path} is not UTF-8 text (byte {err.start})") from err
+    if lines[-1] != "" or len(lines) - 1 != n:
+        raise ValueError(f"{ngrams_path} holds {len(lines) - (lines[-1] == '')} lines, not the {n} n-grams "
+                         f"{NGRAM_CONFIG_FILE} names, each ended by a newline")
+    ngrams = lines[:-1]
+    index = {}
+    for number, ngram in enumerate(ngrams, start=1):
+        if not 1 <= len(ngram.split(" ")) <= max_n or ngram != " ".join(ngram.split()):
+            raise ValueError(f"{ngrams_path}, line {number}: {ngram[:60]!r} is not 1 to {max_n} tokens, "
+                             "single spaces between them")
+        if index.setdefault(ngram, number - 1) != number - 1:
+            raise ValueError(f"{ngrams_path}, line {number}: {ngram[:60]!r} repeats line {index[ngram] + 1}")
+    return NgramModel(index, tensors["ratios"], tensors["weights"], bias, max_n, c=c)
+
+
+COMBINATION_RULES = {
+    # name: the features of each review, in order; the combined logit is bias + weights . features
+    "stacked": ("lstm", "ngram"),
+}
+
+
+def combination_features(rule, lstm, ngram, coverage=None):
+    """The columns a combination rule weighs, one row per review."""
+    columns = {"lstm": lstm, "ngram": ngram}
+    if coverage is not None:
+        columns["coverage"] = coverage
+    return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in COMBINATION_RULES[rule]])
+
+
+def has_combiner(folder):
+    """Whether a checkpoint folder holds a combination of the LSTM and the n-grams."""
+    return (Path(folder) / COMBINER_FILE).exists()
+
+
+def save_combiner(folder, rule, weights, bias):
+    """Write the combination: its rule, the features it weighs, their weights and its bias."""
+    write_json(Path(folder) / COMBINER_FILE, {"format": 1, "rule": rule, "features": list(COMBINATION_RULES[rule]),
+                                              "weights": [float(w) for w in weights], "bias": float(bias)})
+
+
+def load_combiner(folder):
+    """(rule, weights, bias) of a checkpoint's combination, checked field by field."""
+    path = Path(folder) / COMBINER_FILE
+    config = _json_file(folder, COMBINER_FILE)
+    if (extra := sorted(set(config) - {"format", "rule", "features", "weights", "bias"})):
+        raise ValueError(f"{path}: unknown fields {extra}")
+    _field(path, config, "format", int, lambda v: v == 1, "1")
+    rule = _field(path, config, "rule", str, lambda v: v in COMBINATION_RULES, f"one of {sorted(COMBINATION_RULES)}")
+    _field(path, config, "features", list, lambda v: v == list(COMBINATION_RULES[rule]),
+           f"{list(COMBINATION_RULES[rule])} for rule {rule!r}")
+    weights = _field(path, config, "weights", list, lambda v: len(v) == len(COMBINATION_RULES[rule]) and all(
+        isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) for w in v),
+        f"{len(COMBINATION_RULES[rule])} finite numbers")
+    bias = _field(path, config, "bias", float, _finite, "a finite number")
+    return rule, np.array(weights, dtype=np.float64), bias
+
+
+def combined_logits(rule, weights, bias, lstm, ngram, coverage=None):
+    """The combined logit of each review."""
+    return combination_features(rule, lstm, ngram, coverage) @ weights + bias
 
 
 # --------------------------------------------------------------------------- explanations and display

@@ -65,6 +65,7 @@ class Comparison:
     se: float
     n: int
     comparisons: int = 1
+    degrees: float | None = None  # degrees of freedom where they are not n - 1 (paired_two_noises)
 
     def __post_init__(self):
         if not (math.isfinite(self.mean) and math.isfinite(self.se) and self.se >= 0):
@@ -76,7 +77,7 @@ class Comparison:
 
     @property
     def df(self):
-        return self.n - 1
+        return self.n - 1 if self.degrees is None else self.degrees
 
     @property
     def t(self):
@@ -177,3 +178,29 @@ def write_csv(path, rows):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def paired_two_noises(differences, scale=1.0, what="paired differences"):
+    """The mean of per-review paired differences over several runs (seeds) scored on one fixed set of reviews.
+
+    differences: [runs, reviews], e.g. (model A right) - (model B right), 1, 0 or -1 per review. Two noises:
+    the seeds' (the runs' means differ from one another) and the set's own sampling (another set of reviews
+    from the same source would give another mean; it is shared by every run, so it does not shrink with more
+    seeds). The standard error is sqrt(seed SE² + set SE²): the seed SE is sd(run means) / sqrt(runs), the set
+    SE is sd(each review's difference averaged over the runs) / sqrt(reviews). It is judged with t at the
+    Welch-Satterthwaite degrees of freedom of that sum (runs - 1 for the seeds' part, reviews - 1 for the
+    set's): near runs - 1 when the seeds' noise dominates, large when the set's does.
+    Returns (Comparison, seed SE, set SE), all times scale.
+    """
+    differences = finite(np.asarray(differences, dtype=float).ravel(), what).reshape(np.shape(differences))
+    if differences.ndim != 2 or differences.shape[0] < 2 or differences.shape[1] < 2:
+        raise ValueError(f"{what}: need [runs >= 2, reviews >= 2] differences, not shape {differences.shape}")
+    runs, reviews = differences.shape
+    run_means = differences.mean(axis=1)
+    seed_se = float(run_means.std(ddof=1) / math.sqrt(runs))
+    set_se = float(differences.mean(axis=0).std(ddof=1) / math.sqrt(reviews))
+    variance = seed_se**2 + set_se**2
+    parts = seed_se**4 / (runs - 1) + set_se**4 / (reviews - 1)
+    degrees = variance**2 / parts if parts > 0 else float(runs - 1)
+    comparison = Comparison(float(run_means.mean()), math.sqrt(variance), runs, degrees=degrees)
+    return comparison.scaled(scale), seed_se * abs(scale), set_se * abs(scale)

@@ -162,9 +162,49 @@ def packing_cost(p, device, batch=64, seq_len=256, n_steps=2):
             "slowdown": packed_s / padded_s}
 
 
-def prediction_speed(cells, namespace, p, vocab, device, n_calls):
-    model = build_model(namespace, p, vocab, device)
-    namespace.update(model=model, vocab=vocab, max_length=p["max_length"], device=device)
+def sample_ngram_model(p):
+    """The n-gram model of the sample's training reviews, fitted as the notebook fits it (C = 0.3)."""
+    from sklearn.linear_model import LogisticRegression
+
+    texts, labels = helpers.read_imdb(helpers.SAMPLE_DIR, "train")
+    tokens = [helpers.tokenize(t) for t in texts]
+    features = helpers.NBNgramFeatures((1, p["ngram_max_n"])).fit(tokens, labels)
+    regression = LogisticRegression(C=0.3, solver="liblinear").fit(features.transform(tokens), labels)
+    return helpers.NgramModel.from_fitted(features, regression)
+
+
+def combined_model(namespace, p, vocab, device, checkpoint=None):
+    """(model, vocab, max_length, n-gram model, combination, what it is): a run's checkpoint, or one of the
+    default sizes with random weights and the sample's n-grams (their number changes a lookup's cost little)."""
+    if checkpoint:
+        state, vocab, config = helpers.load_checkpoint(checkpoint)
+        model = namespace["SentimentLSTM"](**config["model"]).to(device)
+        helpers.load_weights(model, state)
+        return (model, vocab, config["max_length"], helpers.load_ngram_model(checkpoint),
+                helpers.load_combiner(checkpoint), f"checkpoint {helpers.shown_path(checkpoint)}")
+    return (build_model(namespace, p, vocab, device), vocab, p["max_length"], sample_ngram_model(p),
+            ("stacked", np.array([0.4, 0.5]), 0.04), "random weights, the sample's n-grams")
+
+
+def checkpoint_figures(checkpoint, loads=3):
+    """The size of a checkpoint's files and the seconds to load and check all three models (the median)."""
+    files = {path.name: path.stat().st_size for path in Path(checkpoint).iterdir() if path.is_file()}
+    seconds = []
+    for _ in range(loads):
+        start = time.perf_counter()
+        helpers.load_checkpoint(checkpoint)
+        helpers.load_ngram_model(checkpoint)
+        helpers.load_combiner(checkpoint)
+        seconds.append(time.perf_counter() - start)
+    return {"checkpoint": helpers.shown_path(checkpoint), "files_mb": {k: v / 1e6 for k, v in sorted(files.items())},
+            "total_mb": sum(files.values()) / 1e6, "load_seconds_median": float(np.median(seconds))}
+
+
+def prediction_speed(cells, namespace, p, vocab, device, n_calls, checkpoint=None):
+    model, vocab, max_length, ngram_model, (rule, weights, bias), source = combined_model(namespace, p, vocab, device,
+                                                                                           checkpoint)
+    namespace.update(model=model, vocab=vocab, max_length=max_length, device=device, baseline=ngram_model,
+                     combination_rule=rule, combination_weights=weights, combination_bias=bias)
     exec(cell_defining("predict_review"), namespace)  # noqa: S102 - the notebook's own function
     predict_review = namespace["predict_review"]
     review = review_of(250)
@@ -192,12 +232,13 @@ def prediction_speed(cells, namespace, p, vocab, device, n_calls):
 
     texts, _ = helpers.read_imdb(helpers.SAMPLE_DIR, "test")
     texts = texts * 5  # 1,000 real reviews of every length
-    helpers.predict_proba(model, texts[:256], vocab, p["max_length"], device)
+    helpers.predict_proba(model, texts[:256], vocab, max_length, device)
     start = time.perf_counter()
-    helpers.predict_proba(model, texts, vocab, p["max_length"], device)
+    helpers.predict_proba(model, texts, vocab, max_length, device)
     sync(device)
     seconds = time.perf_counter() - start
-    return {"review_words": 250, "tokens": len(helpers.tokenize(review)), "calls": n_calls,
+    return {"model": source, "n_ngrams": len(ngram_model.effect), "review_words": 250,
+            "tokens": len(helpers.tokenize(review)), "calls": n_calls,
             "latency_median_ms": float(np.median(latency)), "latency_p95_ms": float(np.percentile(latency, 95)),
             "latency_1_thread_median_ms": float(np.median(latency_one_thread)),
             "latency_1_thread_p95_ms": float(np.percentile(latency_one_thread, 95)),
@@ -345,11 +386,17 @@ def print_table(result):
     rows.append((f"bidirectional LSTM step, {k['batch']} x {k['seq_len']} tokens",
                  f"padded {k['padded_s']:.2f} s, packed {k['packed_s']:.2f} s ({k['slowdown']:.0f} times slower)"))
     q = result["prediction"]
+    rows.append(("predict_review's model", f"{q['model']}, {q['n_ngrams']:,} n-grams"))
     rows.append((f"predict_review, {q['review_words']} words", f"median {q['latency_median_ms']:.2f} ms, "
                                                               f"p95 {q['latency_p95_ms']:.2f} ms"))
     rows.append((f"predict_review, {q['review_words']} words, 1 thread",
                  f"median {q['latency_1_thread_median_ms']:.2f} ms, p95 {q['latency_1_thread_p95_ms']:.2f} ms"))
-    rows.append((f"batch prediction, {q['batch_reviews']} reviews", f"{q['batch_reviews_per_s']:,.0f} reviews/s"))
+    rows.append((f"batch prediction (the LSTM), {q['batch_reviews']} reviews",
+                 f"{q['batch_reviews_per_s']:,.0f} reviews/s"))
+    if "checkpoint" in result:
+        c = result["checkpoint"]
+        rows.append(("checkpoint: size", f"{c['total_mb']:.1f} MB ({c['checkpoint']})"))
+        rows.append(("checkpoint: loading and checking all three models", f"{c['load_seconds_median']:.2f} s"))
     stacks = result.get("stacks", {})
     if "skipped" in stacks:
         rows.append(("the two stacks", f"skipped: {stacks['skipped']}"))
@@ -392,6 +439,9 @@ def main(argv=None):
                         help="only print this stack's training and prediction figures as one JSON line (used by "
                              "the side-by-side of the two stacks)")
     parser.add_argument("--no-stacks", action="store_true", help="leave out the side-by-side of the two stacks")
+    parser.add_argument("--checkpoint", default="",
+                        help="a default run's checkpoint folder: predict_review is timed with its three models, and "
+                             "its size and loading time are measured")
     args = parser.parse_args(argv)
     if args.stack_probe:
         print(json.dumps(stack_probe(args.steps, args.calls)))
@@ -408,7 +458,9 @@ def main(argv=None):
     result = {"hardware": hardware(device), "parameters": params}
     result["training"] = training_throughput(definitions, params, vocab, device, args.steps)
     result["packing"] = packing_cost(params, device)
-    result["prediction"] = prediction_speed(cells, definitions, params, vocab, device, args.calls)
+    result["prediction"] = prediction_speed(cells, definitions, params, vocab, device, args.calls, args.checkpoint)
+    if args.checkpoint:
+        result["checkpoint"] = checkpoint_figures(args.checkpoint)
     result["stacks"] = {"skipped": "--no-stacks"} if args.no_stacks else compare_stacks(args.steps, args.calls)
     result["preprocessing_memory"] = preprocessing_memory(args.imdb_archive)
     result["section_seconds"] = section_times(cells)

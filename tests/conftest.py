@@ -128,3 +128,36 @@ def tiny_model():
 @pytest.fixture
 def vocab():
     return helpers.build_vocab([["great", "film", "awful", "plot", "."]])
+
+
+# Out-of-domain sets in the layout of the real ones (helpers.OOD_SETS), with sentences written for these tests:
+# the real files are not committed. Their checksums differ from the published ones, and runs say so.
+OOD_SENTENCES = {
+    "amazon_cells_labelled.txt": [("Great phone, the battery lasts for days.", 1), ("Broke after a week.", 0),
+                                  ("Excellent sound and a good price.", 1), ("The charger never worked.", 0),
+                                  ("I love this headset.", 1), ("Terrible quality, do not buy.", 0)],
+    "yelp_labelled.txt": [("The food was wonderful.", 1), ("Cold fries and a rude waiter.", 0),
+                          ("Best pizza in town!", 1), ("We waited an hour for bland soup.", 0),
+                          ("Friendly staff, great coffee.", 1), ("Never again.", 0)],
+}
+OOD_REVIEWS = {"neg": ["the plot is a mess and the acting is awful .\nboring from start to end .",
+                       "a dull , lifeless film .\ni wanted my money back ."],
+               "pos": ["a wonderful film .\nthe cast is superb and the story moving .",
+                       "great fun , and a great ending ."]}
+
+
+def write_ood_folder(folder):
+    """A folder holding the three out-of-domain sets (tiny, made up) under their real file names."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in OOD_SENTENCES.items():
+        (folder / name).write_text("".join(f"{text}\t{label}\n" for text, label in rows), encoding="utf-8")
+    reviews = {f"txt_sentoken/{label}/cv00{i}_{i}.txt": text for label, texts in OOD_REVIEWS.items()
+               for i, text in enumerate(texts)}
+    make_archive(folder / "review_polarity.tar.gz", reviews)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def ood_folder(tmp_path_factory):
+    return write_ood_folder(tmp_path_factory.mktemp("ood"))

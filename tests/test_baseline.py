@@ -65,7 +65,7 @@ def test_the_notebook_fits_the_baseline_on_the_training_split_only():
     train_labels = [1, 1, 0, 0, 1, 0]
     space = {"helpers": helpers, "np": np, "time": __import__("time"), "train_tokens": train_tokens,
              "train_labels": train_labels, "train_idx": [0, 1, 2, 3], "valid_idx": [4, 5], "ngram_max_n": 2,
-             "print": lambda *args: None}
+             "print": lambda *args: None, "init_checkpoint": ""}
     exec(source, space)  # noqa: S102 - the notebook's own cell
     names = set(space["ngrams"].feature_names())
     assert "good" in names and "onlyvalid" not in names and "onlytest" not in names
@@ -80,7 +80,8 @@ def run_the_combination_cell(valid_lstm, valid_ngram, valid_labels, test_lstm, t
         "baseline_valid_logits": valid_ngram, "baseline_test_logits": test_ngram, "test_logits": test_lstm,
         "test_probs": helpers.sigmoid(test_lstm), "baseline_metrics": {"accuracy": 0.5}, "baseline_seconds": 1.0,
         "test_metrics": {"accuracy": 0.5}, "pretraining_seconds": 1.0, "training_seconds": 1.0,
-        "baseline": type("B", (), {"coef_": np.zeros((1, 3))})(), "print": lambda *args: None,
+        "baseline_n_features": 2, "print": lambda *args: None, "checkpoint_dir": None, "init_checkpoint": "",
+        "n_epochs": 1, "valid_tokens": [["a"]] * len(valid_labels), "test_tokens": [["a"]] * len(test_labels),
     }
     exec(cell_containing("combiner = LogisticRegression("), space)  # noqa: S102 - the notebook's own cell
     return space
@@ -102,8 +103,8 @@ def test_the_combination_weighs_two_overconfident_views_by_a_fit_on_validation()
     # that is each logit times 2 / (4 * 2.25) = 2 / 9, and no bias.
     assert space["lstm_weight"] == pytest.approx(2 / 9, abs=0.03)
     assert space["ngram_weight"] == pytest.approx(2 / 9, abs=0.03)
-    assert abs(space["combiner_bias"]) < 0.1
-    combined = space["lstm_weight"] * test_lstm + space["ngram_weight"] * test_ngram + space["combiner_bias"]
+    assert abs(space["combination_bias"]) < 0.1
+    combined = space["lstm_weight"] * test_lstm + space["ngram_weight"] * test_ngram + space["combination_bias"]
     assert np.allclose(space["combined_test_logits"], combined)
     accuracy = np.mean((combined >= 0) == test_labels)
     assert space["combined_metrics"]["accuracy"] == accuracy
@@ -122,7 +123,7 @@ def test_the_notebooks_combination_is_fitted_on_validation_only():
     # test logits that a combination fitted on test would weigh the other way round
     poisoned = run_the_combination_cell(valid_lstm, valid_ngram, valid_labels, test_lstm, -100 * test_ngram,
                                         test_labels)
-    for name in ("lstm_weight", "ngram_weight", "combiner_bias", "combined_valid_acc"):
+    for name in ("lstm_weight", "ngram_weight", "combination_bias", "combined_valid_acc"):
         assert honest[name] == poisoned[name], name
     assert honest["ngram_weight"] > 0
 
@@ -138,6 +139,12 @@ class _HelpersWith:
 
     def count_parameters(self, model):
         return 10
+
+    def load_ngram_model(self, folder):  # every n-gram seen: coverage 1
+        return type("AllSeen", (), {"coverage": lambda self, token_lists: np.ones(len(token_lists))})()
+
+    def save_combiner(self, folder, rule, weights, bias):
+        self.saved = (rule, weights, bias)
 
     def __getattr__(self, name):
         return getattr(helpers, name)

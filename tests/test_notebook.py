@@ -38,8 +38,8 @@ def execute(tmp_path, name, **parameters):
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory):
-    return execute(tmp_path_factory.mktemp("runs"), "first")
+def sample_run(tmp_path_factory, ood_folder):
+    return execute(tmp_path_factory.mktemp("runs"), "first", ood_data=str(ood_folder))
 
 
 def read_predictions(run_dir):
@@ -160,7 +160,7 @@ def check_the_baseline_keeps_the_best_c(metrics, notebook):
     assert baseline["valid_acc"] == by_c[str(best)] == max(by_c.values())
     assert baseline["max_n"] == params["ngram_max_n"]
     assert all(0 <= value <= 1 for value in (*by_c.values(), baseline["test_accuracy"]))
-    header, rows = shown_table(notebook, "baseline_c = max(")
+    header, rows = shown_table(notebook, "chosen_c = max(")
     assert header == ["C", "validation accuracy"]
     assert rows == [[f"{float(c):.4f}", f"{acc:.4f}"] for c, acc in zip(params["ngram_c_values"], by_c.values(),
                                                                          strict=True)]
@@ -303,11 +303,18 @@ def test_a_misspelt_parameter_stops_the_run_naming_the_closest_valid_name(tmp_pa
     assert not (tmp_path / "typo").exists()  # stopped before the run folder, let alone the data
 
 
-def test_reloading_the_checkpoint_reproduces_the_predictions(sample_run, tmp_path):
+def test_reloading_the_checkpoint_reproduces_the_predictions(sample_run, tmp_path, ood_folder):
     first_dir, _ = sample_run
-    reload_dir, _ = execute(tmp_path, "reload", init_checkpoint=str(first_dir / "checkpoint"), n_epochs=0,
-                            hidden_dim=99)  # the checkpoint's own configuration wins over the parameters
+    reload_dir, notebook = execute(tmp_path, "reload", init_checkpoint=str(first_dir / "checkpoint"), n_epochs=0,
+                                   hidden_dim=99, ood_data=str(ood_folder))  # the checkpoint's configuration wins
     assert read_predictions(reload_dir) == read_predictions(first_dir)
+    # All three models come back as saved, nothing refitted: the same logits to the bit, everywhere.
+    assert "the n-gram model of" in printed_text(notebook, "baseline_fits[c] = LogisticRegression(")
+    with np.load(first_dir / "logits.npz") as saved, np.load(reload_dir / "logits.npz") as again:
+        for key in ("test_lstm", "test_ngram", "test_combined", "amazon_combined", "polarity_ngram", "yelp_lstm"):
+            assert np.array_equal(saved[key], again[key]), key
+    for name in ("ngrams.txt", "ngram_weights.safetensors", "ngram_model.json", "combiner.json"):
+        assert (reload_dir / "checkpoint" / name).read_bytes() == (first_dir / "checkpoint" / name).read_bytes()
     first, reloaded = (json.loads((d / "metrics.json").read_text()) for d in (first_dir, reload_dir))
     assert reloaded["test_accuracy"] == first["test_accuracy"]
     assert reloaded["test_loss"] == pytest.approx(first["test_loss"], abs=1e-9)
@@ -326,11 +333,38 @@ def test_without_pretraining_the_model_starts_from_random_vectors(sample_run, tm
     assert "word vectors of" not in outputs
 
 
-def test_two_runs_with_one_seed_give_the_same_numbers(sample_run, tmp_path):
-    again_dir, _ = execute(tmp_path, "again")
+def test_two_runs_with_one_seed_give_the_same_numbers_and_the_evaluation_sets_choose_nothing(sample_run, tmp_path):
+    # The second run has no out-of-domain sets: the model it fits and saves must be the same, file for file.
+    again_dir, notebook = execute(tmp_path, "again")
     first, again = (json.loads((d / "metrics.json").read_text()) for d in (sample_run[0], again_dir))
     assert again["history"]["valid_loss"] == first["history"]["valid_loss"]
     assert again["test_accuracy"] == first["test_accuracy"]
+    assert again["combined"] == first["combined"] and again["ngram_baseline"]["c"] == first["ngram_baseline"]["c"]
+    for name in ("weights.safetensors", "vocab.json", "config.json", "ngrams.txt", "ngram_weights.safetensors",
+                 "ngram_model.json", "combiner.json"):
+        assert (again_dir / "checkpoint" / name).read_bytes() == (sample_run[0] / "checkpoint" / name).read_bytes()
+    assert again["out_of_domain"] == {} and set(first["out_of_domain"]) == {"amazon", "yelp", "polarity"}
+    assert printed_text(notebook, "helpers.load_ood_sets(").count("not found") == 3  # said, and skipped
+
+
+def test_the_out_of_domain_sets_are_scored_by_all_three_models_as_metrics_json_and_the_table_say(sample_run):
+    run_dir, notebook = sample_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    header, rows = shown_table(notebook, "helpers.load_ood_sets(")
+    assert header == ["set", "role", "reviews", "n-grams", "LSTM", "combined"]
+    with np.load(run_dir / "logits.npz", allow_pickle=False) as logits:
+        for row, name in zip(rows, ("amazon", "yelp", "polarity"), strict=False):
+            saved = metrics["out_of_domain"][name]
+            labels = logits[f"{name}_labels"]
+            assert len(labels) == saved["n_reviews"] == {"amazon": 6, "yelp": 6, "polarity": 4}[name]
+            assert saved["role"] == ("development" if name == "amazon" else "evaluation only")
+            for model in ("ngram", "lstm", "combined"):
+                assert saved[f"{model}_accuracy"] == float(np.mean((logits[f"{name}_{model}"] >= 0) == labels))
+            assert row == [saved["title"], saved["role"], f"{saved['n_reviews']:,}",
+                           *(f"{saved[f'{m}_accuracy']:.4f}" for m in ("ngram", "lstm", "combined"))]
+            assert np.all((0 <= logits[f"{name}_coverage"]) & (logits[f"{name}_coverage"] <= 1))
+        assert rows[3][:3] == ["IMDB test reviews", "the test set", "200"]
+    assert "is not the published" in printed_text(notebook, "helpers.load_ood_sets(")  # the made-up copies
 
 
 def test_a_bad_parameter_fails_before_any_data_is_read(tmp_path):

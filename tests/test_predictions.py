@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression
 
 import helpers
 from notebook_code import cell_containing, namespace
@@ -105,12 +106,21 @@ def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_lin
     reviews = ["great film\x85 superb cast", "awful\u2028boring plot", "dull story"]
     path = write_lines(tmp_path / "reviews.txt", f"{reviews[0]}\n\x85\n{reviews[1]}\n\n{reviews[2]}\n")
     model = notebook_model(len(vocab))
+    tokens = [helpers.tokenize(review) for review in reviews]
+    features = helpers.NBNgramFeatures((1, 2)).fit(tokens, [1, 0, 0])
+    baseline = helpers.NgramModel.from_fitted(features, LogisticRegression().fit(features.transform(tokens), [1, 0, 0]))
     space = namespace("predict_review", predict_file=str(path), model=model, vocab=vocab, max_length=50,
-                      device="cpu", run_dir=tmp_path)
+                      device="cpu", run_dir=tmp_path, baseline=baseline, batch_size=2, pad_index=0,
+                      combination_rule="stacked", combination_weights=np.array([0.5, 2.0]), combination_bias=-0.1)
     exec(cell_containing("helpers.read_review_file("), space)  # noqa: S102 - the notebook's own cell (and probes)
     with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(row["line"]), row["review"]) for row in rows] == list(zip([1, 3, 5], reviews, strict=True))
-    expected = helpers.predict_proba(model, reviews, vocab, 50, "cpu")
-    np.testing.assert_allclose([float(row["prob_positive"]) for row in rows], expected, atol=1e-6)
+    lstm = helpers.predict_proba(model, reviews, vocab, 50, "cpu")
+    ngram = baseline.logits(tokens)
+    combined = helpers.sigmoid(0.5 * (np.log(lstm) - np.log1p(-lstm)) + 2.0 * ngram - 0.1)
+    np.testing.assert_allclose([float(row["prob_lstm"]) for row in rows], lstm, atol=1e-6)
+    np.testing.assert_allclose([float(row["prob_ngram"]) for row in rows], helpers.sigmoid(ngram), atol=1e-6)
+    np.testing.assert_allclose([float(row["prob_positive"]) for row in rows], combined, atol=1e-6)
+    assert [row["label"] for row in rows] == [helpers.LABEL_NAMES[int(p >= 0.5)] for p in combined]
     assert "3 predictions" in capsys.readouterr().out

@@ -16,7 +16,7 @@ DEFAULTS = dict(
     max_length=50, min_freq=1, max_vocab_size=100, embedding_dim=8, ngram_max_n=2, ngram_c_values=[0.3],
     pretrain_embeddings=True, word_vector_window=5, ppmi_context_power=0.75, hidden_dim=8, cell="lstm", n_layers=1,
     bidirectional=True, pooling="max", embedding_dropout=0.0, dropout=0.0, lr=1e-3, clip_norm=1.0, seed=0,
-    device="cpu", ig_steps=8, shaded_tokens=10, run_dir="", init_checkpoint="", predict_file="",
+    device="cpu", ig_steps=8, shaded_tokens=10, run_dir="", init_checkpoint="", predict_file="", ood_data="",
 )
 
 # At least one bad value for every parameter, with what the error must say.
@@ -61,6 +61,8 @@ BAD_VALUES = [
     ("run_dir", None, "run_dir=None is not valid: expected a folder path"),
     ("init_checkpoint", "/no/such/checkpoint", "init_checkpoint='/no/such/checkpoint' is not valid: no such"),
     ("predict_file", "/no/such/file.txt", "predict_file='/no/such/file.txt' is not valid"),
+    ("ood_data", "/no/such/folder", "ood_data='/no/such/folder' is not valid"),
+    ("ood_data", 3, "ood_data=3 is not valid: expected a folder"),
 ]
 
 

@@ -227,18 +227,34 @@ def test_binary_metrics_on_a_case_worked_by_hand():
     assert metrics["loss"] == pytest.approx(expected_loss)
 
 
+def tiny_ngram_model():
+    """An n-gram model fitted on four tiny reviews, as the notebook's section 2 fits one."""
+    from sklearn.linear_model import LogisticRegression
+
+    reviews, labels = [["great", "film"], ["awful", "plot"], ["great", "plot"], ["awful", "film"]], [1, 0, 1, 0]
+    features = helpers.NBNgramFeatures((1, 2)).fit(reviews, labels)
+    return helpers.NgramModel.from_fitted(features, LogisticRegression().fit(features.transform(reviews), labels))
+
+
 @pytest.fixture
 def predict_review():
     vocab = helpers.build_vocab([["great", "film", "awful", "plot", "."]])
     space = namespace("predict_review", model=sentiment_lstm(vocab_size=len(vocab)), vocab=vocab, max_length=20,
-                      device="cpu")
+                      device="cpu", baseline=tiny_ngram_model(), combination_rule="stacked",
+                      combination_weights=np.array([0.7, 0.4]), combination_bias=0.1)
     return space["predict_review"]
 
 
-def test_predict_review_returns_a_label_and_a_probability(predict_review):
-    label, probability = predict_review("A great film.")
+def test_predict_review_returns_the_combined_label_and_probability_and_both_parts(predict_review):
+    label, probability, parts = predict_review("A great film.")
     assert label in helpers.LABEL_NAMES and 0 < probability < 1
     assert label == helpers.LABEL_NAMES[probability >= 0.5]
+    space = predict_review.__wrapped__.__globals__  # the namespace the notebook cell ran in
+    lstm = float(space["model"](torch.tensor([[space["vocab"][t] for t in ("a", "great", "film", ".")]]),
+                                torch.tensor([4])))
+    ngram = float(space["baseline"].logits([["a", "great", "film", "."]])[0])
+    assert parts == {"LSTM": round(float(helpers.sigmoid(lstm)), 4), "n-grams": round(float(helpers.sigmoid(ngram)), 4)}
+    assert probability == round(float(helpers.sigmoid(0.7 * lstm + 0.4 * ngram + 0.1)), 4)
 
 
 @pytest.mark.parametrize("text, error, message", [
@@ -254,7 +270,7 @@ def test_predict_review_refuses_what_is_not_a_review(predict_review, text, error
 
 
 def test_predict_review_of_only_unknown_words_says_it_is_a_default_guess(predict_review, capsys):
-    label, probability = predict_review("zorblax quonk")
+    label, probability, _ = predict_review("zorblax quonk")
     assert label in helpers.LABEL_NAMES and 0 < probability < 1
     assert "no word of this review is in the vocabulary" in capsys.readouterr().out
 
