@@ -114,3 +114,47 @@ def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_lin
     expected = helpers.predict_proba(model, reviews, vocab, 50, "cpu")
     np.testing.assert_allclose([float(row["prob_positive"]) for row in rows], expected, atol=1e-6)
     assert "3 predictions" in capsys.readouterr().out
+
+
+def test_predict_review_file_streams_a_batch_at_a_time_and_writes_an_excerpt_of_each_review(tmp_path):
+    """Issue 32: memory bounded by a batch, not the file; predictions.csv holds each review's start only."""
+    import tracemalloc
+
+    long_review = "great film " * 2_000  # 22,000 characters
+    lines = [long_review if i % 50 == 0 else f"review number {i} was dull" for i in range(20_000)]
+    path = write_lines(tmp_path / "reviews.txt", "\n".join(lines) + "\n\n")
+    batches = []
+
+    def predict(reviews):
+        batches.append(len(reviews))
+        return np.full(len(reviews), 0.75)
+
+    tracemalloc.start()
+    try:
+        n_predicted, n_skipped, skipped = helpers.predict_review_file(path, tmp_path / "predictions.csv", predict,
+                                                                      batch_size=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (n_predicted, n_skipped, skipped) == (20_000, 1, [20_001])
+    assert max(batches) == 100 and sum(batches) == 20_000
+    assert path.stat().st_size > 8_000_000 and peak < 3_000_000  # the file: 9 MB; held at once: a batch of it
+    with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20_000 and rows[1]["review"] == "review number 1 was dull"
+    assert rows[0]["review"] == long_review[:helpers.PREDICTION_EXCERPT_CHARS] + "…"
+    assert (tmp_path / "predictions.csv").stat().st_size < 2_000_000
+
+
+def test_write_predictions_writes_an_excerpt_of_a_long_review(tmp_path):
+    helpers.write_predictions(tmp_path / "p.csv", [1], ["word " * 10_000], np.array([0.25]))
+    with open(tmp_path / "p.csv", encoding="utf-8", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["review"] == ("word " * 10_000)[:helpers.PREDICTION_EXCERPT_CHARS] + "…"
+
+
+def test_a_review_line_longer_than_the_limit_is_refused_naming_the_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(helpers, "MAX_REVIEW_LINE_BYTES", 100)
+    path = write_lines(tmp_path / "reviews.txt", "short one\n" + "x" * 200 + "\n")
+    with pytest.raises(ValueError, match="line 2 is longer than 100 bytes"):
+        helpers.read_review_file(path)
