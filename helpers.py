@@ -25,6 +25,7 @@ import platform
 import random
 import re
 import shutil
+import stat
 import sys
 import tarfile
 import tempfile
@@ -170,6 +171,22 @@ PARAM_SPECS = {
 }
 
 
+def check_param(name, value, label=None):
+    """One parameter's value checked against PARAM_SPECS (an int accepted for a float); ValueError naming it.
+
+    label: how the error names it ("parameter NAME" unless given, e.g. "ck/config.json: model.hidden_dim").
+    """
+    spec = PARAM_SPECS[name]
+    # papermill passes 1e-3 as a float but 1 as an int; accept an int where a float is asked.
+    if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    wrong_type = not isinstance(value, spec.kind) or (isinstance(value, bool) and spec.kind is not bool)
+    if wrong_type or (spec.kind is float and not math.isfinite(value)) or (
+            spec.check is not None and not spec.check(value)):
+        raise ValueError(f"{label or 'parameter ' + name}={value!r} is not valid: expected {spec.allowed}")
+    return value
+
+
 def validate_params(params):
     """Check every notebook parameter and return them as a plain dict, or raise naming the bad one."""
     missing = sorted(set(PARAM_SPECS) - set(params))
@@ -177,15 +194,8 @@ def validate_params(params):
         raise ValueError(f"missing parameters: {', '.join(missing)}")
     check_parameter_names(params)
     checked = {}
-    for name, spec in PARAM_SPECS.items():
-        value = params[name]
-        # papermill passes 1e-3 as a float but 1 as an int; accept an int where a float is asked.
-        if spec.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        wrong_type = not isinstance(value, spec.kind) or (isinstance(value, bool) and spec.kind is not bool)
-        if wrong_type or (spec.check is not None and not spec.check(value)):
-            raise ValueError(f"parameter {name}={value!r} is not valid: expected {spec.allowed}")
-        checked[name] = value
+    for name in PARAM_SPECS:
+        checked[name] = check_param(name, params[name])
     if checked["n_epochs"] == 0 and not checked["init_checkpoint"]:
         raise ValueError("parameter n_epochs=0 is only valid with init_checkpoint; expected n_epochs >= 1")
     for name in ("imdb_archive", "init_checkpoint", "predict_file", "ood_data"):
@@ -275,8 +285,11 @@ def environment_info(device):
     return info
 
 
+RUN_DIR_BEFORE_A_RUN = ("sentiment_lstm.ipynb", "edited_source.ipynb", "figures")  # papermill's, a sweep's, ours
+
+
 def new_run_dir(run_dir="", runs_dir=RUNS_DIR):
-    """Create and return the folder for this run; refuse one that already holds a run."""
+    """Create and return the folder for this run; refuse one that holds a run, or files that no run put there."""
     if not run_dir:
         stamp = time.strftime("%Y-%m-%d_%H%M%S")
         run_dir = Path(runs_dir) / stamp
@@ -288,6 +301,16 @@ def new_run_dir(run_dir="", runs_dir=RUNS_DIR):
     # papermill may already have written the executed notebook here; a run is its results.
     if (run_dir / "metrics.json").exists() or (run_dir / "checkpoint").exists():
         raise FileExistsError(f"run folder {run_dir} already holds a run; choose another run_dir or leave it empty")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"run_dir {run_dir} is a file, not a folder")
+    others = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_DIR_BEFORE_A_RUN) if run_dir.exists() else []
+    figures = run_dir / "figures"
+    if figures.is_dir() and any(figures.iterdir()) or figures.exists() and not figures.is_dir():
+        others.append("figures/")
+    if others:
+        raise FileExistsError(f"run_dir {run_dir} holds files that are not a run's ({', '.join(others[:5])}"
+                              f"{', ...' if len(others) > 5 else ''}), which a run would overwrite; "
+                              "choose an empty or new folder")
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -423,15 +446,44 @@ def _check_member(member, top):
         raise ValueError(f"archive member {name!r} lies outside the {top}/ folder; nothing was extracted")
 
 
-def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb", md5=None):
-    """Extract the IMDB archive into data_dir/aclImdb, safely and atomically, with a `.complete` marker of its MD5."""
+# The real aclImdb_v1.tar.gz holds 100,016 members and 138,643,348 bytes of files (measured, streaming
+# with tarfile); an archive needing more than these is refused before anything is extracted.
+IMDB_MAX_MEMBERS = 110_000
+IMDB_MAX_BYTES = 160_000_000
+
+
+def _archive_members(tar, archive, max_members, max_bytes):
+    """The members of an open tar, read header by header; ValueError as soon as the budget is exceeded."""
+    members, total = [], 0
+    for member in tar:
+        members.append(member)
+        total += max(member.size, 0)
+        if len(members) > max_members:
+            raise ValueError(f"{archive} holds more than {max_members:,} members, more than the IMDB archive "
+                             "(100,016); refused before anything was extracted")
+        # tar.offset: how far into the uncompressed stream the headers reach (long pax headers included)
+        if total > max_bytes or tar.offset > max_bytes + 2048 * max_members:
+            raise ValueError(f"{archive} expands to more than {max_bytes:,} bytes, more than the IMDB archive "
+                             "(138.6 MB); refused before anything was extracted")
+    return members
+
+
+def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb", md5=None, max_members=IMDB_MAX_MEMBERS,
+                 max_bytes=IMDB_MAX_BYTES):
+    """Extract the IMDB archive into data_dir/aclImdb, safely and atomically, with a `.complete` marker of its MD5.
+
+    Only a gzip-compressed tar is read, within a budget of members and bytes a little above the real
+    archive's; an earlier extraction is replaced only once the new one is complete.
+    """
     archive, data_dir = Path(archive), Path(data_dir)
     target = data_dir / top
+    if archive.is_dir():
+        raise IsADirectoryError(f"IMDB archive {archive} is a folder, not a .tar.gz file")
     if not archive.is_file():
         raise FileNotFoundError(f"IMDB archive {archive} does not exist")
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
+        with tarfile.open(archive, "r:gz") as tar:
+            members = _archive_members(tar, archive, max_members, max_bytes)
             for member in members:
                 _check_member(member, top)
             folders = {str(Path(m.name).parent) for m in members if m.isfile()}
@@ -443,9 +495,17 @@ def extract_imdb(archive, data_dir=DATA_DIR, top="aclImdb", md5=None):
             try:
                 tar.extractall(staging, members=members, filter="data")
                 write_json(staging / top / ".complete", {"archive": archive.name, "md5": md5 or md5sum(archive)})
-                if target.exists():  # an interrupted extraction, or one from another archive: replaced
-                    shutil.rmtree(target)
-                os.replace(staging / top, target)
+                # An interrupted extraction, or one from another archive, is replaced, but only by a complete one:
+                # moved into the staging folder first (deleted with it), then the new one takes its place.
+                replaced = staging / f"{top}.replaced"
+                if target.exists() or target.is_symlink():
+                    os.replace(target, replaced)
+                try:
+                    os.replace(staging / top, target)
+                except BaseException:
+                    if replaced.exists():
+                        os.replace(replaced, target)  # the earlier one back where it was
+                    raise
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
@@ -1344,43 +1404,124 @@ def known_fraction(text, vocab):
     return sum(vocab[t] != unk for t in tokens) / max(len(tokens), 1)
 
 
+PREDICTION_EXCERPT_CHARS = 300  # predictions.csv shows each review's start, enough to recognise it
+MAX_REVIEW_LINE_BYTES = 1 << 20  # a review line longer than this (the longest IMDB review: 14 KB) is refused
+PREDICTION_BATCH = 256  # reviews read, classified and written at a time by predict_review_file
+MAX_SKIPPED_SHOWN = 100  # line numbers of word-less lines that predict_review_file returns
+
+
+def _prediction_row(number, review, probs):
+    """One line of predictions.csv: the label follows probs[0] (the combined model's), then every probability,
+    and the review cut to PREDICTION_EXCERPT_CHARS (with "…" where cut)."""
+    excerpt = review if len(review) <= PREDICTION_EXCERPT_CHARS else review[:PREDICTION_EXCERPT_CHARS] + "…"
+    shown = ",".join(f"{prob:.6f}" for prob in probs)
+    return f'{number},{LABEL_NAMES[int(probs[0] >= 0.5)]},{shown},"{excerpt.replace(chr(34), chr(34) * 2)}"\n'
+
+
+def predictions_header(columns=("prob_positive",)):
+    """The first line of predictions.csv."""
+    return ",".join(["line", "label", *columns, "review"]) + "\n"
+
+
 def write_predictions(path, line_numbers, reviews, probabilities, lstm=None, ngram=None):
-    """Write predictions.csv: line number, label, probability of positive (and each part's), and the review."""
-    parts = [(name, values) for name, values in (("prob_lstm", lstm), ("prob_ngram", ngram)) if values is not None]
-    rows = [",".join(["line", "label", "prob_positive", *(name for name, _ in parts), "review"])]
-    for k, (number, review, prob) in enumerate(zip(line_numbers, reviews, probabilities, strict=True)):
-        quoted = '"' + review.replace('"', '""') + '"'
-        shown = "".join(f"{values[k]:.6f}," for _, values in parts)
-        rows.append(f"{number},{LABEL_NAMES[int(prob >= 0.5)]},{prob:.6f},{shown}{quoted}")
-    write_atomic(path, "\n".join(rows) + "\n")
+    """Write predictions.csv: line number, label, probability of positive (and each part's, where given) and the
+    review's start (an excerpt)."""
+    parts = {"prob_positive": probabilities, "prob_lstm": lstm, "prob_ngram": ngram}
+    parts = {name: np.asarray(values, dtype=np.float64) for name, values in parts.items() if values is not None}
+    columns = np.column_stack(list(parts.values()))
+    rows = [_prediction_row(*row) for row in zip(line_numbers, reviews, columns, strict=True)]
+    write_atomic(path, predictions_header(tuple(parts)) + "".join(rows))
+
+
+def iter_review_lines(path):
+    """(line number, review or None if the line has no words) for each line of a UTF-8 file, read line by line.
+
+    Lines end at \\n or \\r\\n only: \\x85 (in 321 of IMDB's test reviews) or U+2028 stay inside a review.
+    A line longer than MAX_REVIEW_LINE_BYTES is refused, so memory is bounded by a line, not the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"predict_file {path} is a folder, not a text file")
+    if not path.is_file():
+        raise FileNotFoundError(f"predict_file {path} does not exist or is not a regular file")
+    with open(path, "rb") as f:  # bytes: no universal-newline translation of a lone \r
+        for number in itertools.count(1):
+            raw = f.readline(MAX_REVIEW_LINE_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_REVIEW_LINE_BYTES:
+                raise ValueError(f"predict_file {path}: line {number} is longer than {MAX_REVIEW_LINE_BYTES:,} bytes; "
+                                 "one review per line is expected")
+            try:
+                line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"predict_file {path} is not UTF-8 text (line {number}, byte {err.start} of it); "
+                                 "save it as UTF-8") from err
+            yield number, line if _basic_english(clean_text(line)) else None  # not interned: no growth
 
 
 def read_review_file(path):
     """Read one review per line: returns (reviews, their line numbers, the numbers of lines with no words).
 
-    Lines end at \\n or \\r\\n only: \\x85 (in 321 of IMDB's test reviews) or U+2028 stay inside a review.
+    Holds every review; predict_review_file classifies a file of any size a batch at a time.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"predict_file {path} does not exist or is not a file")
-    try:
-        text = path.read_bytes().decode("utf-8")  # bytes: no universal-newline translation of a lone \r
-    except UnicodeDecodeError as err:
-        raise ValueError(f"predict_file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from err
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last line starts no line of its own
     reviews, numbers, skipped = [], [], []
-    for number, line in enumerate(lines, start=1):
-        line = line.removesuffix("\r")
-        if tokenize(line):
-            reviews.append(line)
-            numbers.append(number)
-        else:
+    for number, review in iter_review_lines(path):
+        if review is None:
             skipped.append(number)
+        else:
+            reviews.append(review)
+            numbers.append(number)
     if not reviews:
         raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
     return reviews, numbers, skipped
+
+
+def predict_review_file(path, out_path, predict, batch_size=PREDICTION_BATCH, columns=("prob_positive",)):
+    """Classify a file of one review per line into predictions.csv, batch_size reviews at a time.
+
+    predict(list of reviews) -> their probabilities of positive, one column per name in `columns` (the first
+    decides the label: the combined model's; then, say, each part's). Memory is bounded by a batch, not the
+    file; out_path is written through a temporary file and appears only when complete. Returns
+    (reviews classified, lines with no words, the first MAX_SKIPPED_SHOWN of those lines' numbers).
+    """
+    out_path = Path(out_path)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    n_predicted, n_skipped, skipped = 0, 0, []
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            out.write(predictions_header(columns))
+            batch = []
+
+            def flush():
+                probabilities = np.asarray(predict([review for _, review in batch]), dtype=np.float64)
+                probabilities = probabilities.reshape(len(batch), len(columns))
+                out.writelines(_prediction_row(number, review, prob)
+                               for (number, review), prob in zip(batch, probabilities, strict=True))
+                batch.clear()
+
+            for number, review in iter_review_lines(path):
+                if review is None:
+                    n_skipped += 1
+                    if len(skipped) < MAX_SKIPPED_SHOWN:
+                        skipped.append(number)
+                    continue
+                batch.append((number, review))
+                n_predicted += 1
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
+                flush()
+        if not n_predicted:
+            raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n_predicted, n_skipped, skipped
 
 
 # --------------------------------------------------------------------------- the n-gram baseline
@@ -1492,14 +1633,149 @@ def save_checkpoint(folder, model, vocab=None, config=None):
     write_atomic(folder / WEIGHTS_FILE, safetensors_bytes(tensors))
 
 
-def read_weights(folder):
-    """The state_dict in folder/weights.safetensors; an old weights.pt is refused, never unpickled."""
+# Bounds on what a checkpoint's files may hold, checked before they are read. The lesson's model takes about
+# 27 MB of weights, vocab.json about 0.5 MB, config.json under 1 KB.
+MAX_CONFIG_BYTES = 64 << 10
+MAX_VOCAB_BYTES = 64 << 20
+MAX_WEIGHTS_BYTES = 1 << 30
+MAX_SAFETENSORS_HEADER_BYTES = 1 << 20
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                      "BOOL": 1}
+# The model's sizes in config.json ("model"): those that are notebook parameters are checked by PARAM_SPECS.
+MODEL_CONFIG_KEYS = ("vocab_size", "embedding_dim", "hidden_dim", "n_layers", "bidirectional", "embedding_dropout",
+                     "dropout", "pooling", "pad_index", "cell")
+CHECKPOINT_CONFIG_KEYS = ("model", "max_length", "n_models")  # n_models: an ensemble's (sweeps/options.py)
+RNN_GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # each cell's weight matrices hold this many hidden_dim blocks
+
+
+def open_regular_file(path, max_bytes, inside=None):
+    """An open binary file at path: refused unless a regular file of at most max_bytes, within `inside` if given.
+
+    A link is followed only to a file inside `inside`; devices, FIFOs and folders are refused without
+    reading (the file is opened non-blocking, so a FIFO cannot hang). Errors name the file.
+    """
+    path = Path(path)
+    if inside is not None and not path.resolve().is_relative_to(Path(inside).resolve()):
+        raise ValueError(f"{path} is a link to {path.resolve()}, outside {inside}; refused")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    f = os.fdopen(fd, "rb")
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        f.close()
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket"
+        raise ValueError(f"{path} is {kind}, not a regular file; refused")
+    if info.st_size > max_bytes:
+        f.close()
+        raise ValueError(f"{path} holds {info.st_size:,} bytes, more than the {max_bytes:,} it may; refused")
+    return f
+
+
+def read_regular_file(path, max_bytes, inside=None):
+    """The bytes of a regular file of at most max_bytes (see open_regular_file)."""
+    with open_regular_file(path, max_bytes, inside) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew since it was checked
+        raise ValueError(f"{path} holds more than the {max_bytes:,} bytes it may; refused")
+    return data
+
+
+def read_json_file(path, max_bytes, inside=None):
+    """The JSON value in a regular file of at most max_bytes; ValueError naming the file if it is not JSON."""
+    data = read_regular_file(path, max_bytes, inside)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_safetensors_header(f, path, file_size):
+    """{tensor name: (dtype, shape)} from an open safetensors file's header, checked against the file's size.
+
+    The format: an 8-byte little-endian header length, a JSON header {name: {dtype, shape,
+    data_offsets}} (and an optional "__metadata__"), then the tensors' bytes back to back.
+    """
+    def bad(reason):
+        return ValueError(f"{path} is not a readable safetensors file: {reason}")
+
+    start = f.read(8)
+    if len(start) < 8:
+        raise bad("shorter than its 8-byte header length")
+    length = int.from_bytes(start, "little")
+    if length > MAX_SAFETENSORS_HEADER_BYTES or 8 + length > file_size:
+        raise bad(f"its header length {length:,} is beyond the file or the {MAX_SAFETENSORS_HEADER_BYTES:,} allowed")
+    try:
+        header = json.loads(f.read(length).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise bad(f"its header is not JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    layout, spans = {}, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}
+                and entry["dtype"] in SAFETENSORS_DTYPES and isinstance(entry["shape"], list)
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"])
+                and isinstance(entry["data_offsets"], list) and len(entry["data_offsets"]) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in entry["data_offsets"])):
+            raise bad(f"tensor {name!r}: expected dtype, shape and data_offsets, got {str(entry)[:200]}")
+        begin, end = entry["data_offsets"]
+        if end - begin != math.prod(entry["shape"]) * SAFETENSORS_DTYPES[entry["dtype"]]:
+            raise bad(f"tensor {name!r}: data_offsets {entry['data_offsets']} do not hold its shape {entry['shape']}")
+        layout[name] = (entry["dtype"], tuple(entry["shape"]))
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise bad("its tensors' data_offsets overlap or leave gaps")
+        position = end
+    if 8 + length + position != file_size:
+        raise bad(f"its header describes {8 + length + position:,} bytes, the file holds {file_size:,}")
+    return layout
+
+
+def read_safetensors(path, expected=None, max_bytes=MAX_WEIGHTS_BYTES, inside=None):
+    """The tensors of a safetensors file, its header checked before any tensor is made.
+
+    expected: {name: (dtype, shape)} the file must hold exactly (names, dtypes and shapes), or None.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load as safetensors_load
 
+    with open_regular_file(path, max_bytes, inside) as f:
+        size = os.fstat(f.fileno()).st_size
+        layout = read_safetensors_header(f, path, size)
+        if expected is not None:
+            expected = {name: (dtype, tuple(shape)) for name, (dtype, shape) in expected.items()}
+            problems = [f"missing {k}" for k in expected if k not in layout]
+            problems += [f"unexpected {k}" for k in layout if k not in expected]
+            problems += [f"{k}: {layout[k][0]} {list(layout[k][1])}, the config implies {v[0]} {list(v[1])}"
+                         for k, v in expected.items() if k in layout and layout[k] != v]
+            if problems:
+                shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+                raise ValueError(f"{path} does not match its config.json: {shown}")
+        f.seek(0)
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise ValueError(f"{path} changed while it was read; refused")
+    try:
+        return safetensors_load(data)
+    except (SafetensorError, ValueError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+
+
+def read_weights(folder, expected=None):
+    """The state_dict in folder/weights.safetensors; an old weights.pt is refused, never unpickled.
+
+    The file must be a regular file in the folder (of at most MAX_WEIGHTS_BYTES); its header is
+    checked, and against `expected` ({name: (dtype, shape)}) if given, before any tensor is made.
+    """
     folder = Path(folder)
     path = folder / WEIGHTS_FILE
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         if (folder / LEGACY_WEIGHTS_FILE).exists():
             raise UntrustedCheckpointError(
                 f"checkpoint {folder} holds {LEGACY_WEIGHTS_FILE}, torch's pickle format of earlier versions of this "
@@ -1508,21 +1784,112 @@ def read_weights(folder):
                 f"`python helpers.py convert-checkpoint {shown_path(folder)} --trust-pickled-file` (or "
                 f"helpers.convert_legacy_checkpoint(folder, trust_pickled_file=True)), then load it as usual")
         raise FileNotFoundError(f"checkpoint {folder} lacks {WEIGHTS_FILE}")
-    try:
-        return safetensors_load(path.read_bytes())
-    except (SafetensorError, ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a readable safetensors file: {err}") from err
+    return read_safetensors(path, expected, inside=folder)
+
+
+def check_checkpoint_config(config, path):
+    """config.json's content checked: its keys, and the model's sizes by the notebook parameters' own rules.
+
+    Returns the config; ValueError naming the file and the field otherwise.
+    """
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object with {', '.join(CHECKPOINT_CONFIG_KEYS[:2])}, "
+                         f"got {type(config).__name__}")
+    unknown = sorted(set(config) - set(CHECKPOINT_CONFIG_KEYS))
+    missing = [key for key in CHECKPOINT_CONFIG_KEYS[:2] if key not in config]
+    if unknown or missing:
+        raise ValueError(f"{path}: " + "; ".join(([f"unknown keys {', '.join(map(repr, unknown))}"] if unknown else [])
+                                                 + ([f"missing {', '.join(missing)}"] if missing else []))
+                         + f" (expected {', '.join(CHECKPOINT_CONFIG_KEYS)})")
+    check_param("max_length", config["max_length"], f"{path}: max_length")
+    n_models = config.get("n_models", 1)
+    if not (isinstance(n_models, int) and not isinstance(n_models, bool) and 1 <= n_models <= 100):
+        raise ValueError(f"{path}: n_models={n_models!r} is not valid: expected an integer from 1 to 100")
+    model = config["model"]
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: model must be a JSON object, got {type(model).__name__}")
+    unknown = sorted(set(model) - set(MODEL_CONFIG_KEYS))
+    missing = [key for key in MODEL_CONFIG_KEYS if key not in model and key != "cell"]  # cell: lstm by default
+    if unknown or missing:
+        raise ValueError(f"{path}: model " + "; ".join(([f"has unknown keys {', '.join(map(repr, unknown))}"]
+                                                        if unknown else [])
+                                                       + ([f"lacks {', '.join(missing)}"] if missing else []))
+                         + f" (expected {', '.join(MODEL_CONFIG_KEYS)})")
+    for name, value in model.items():
+        if name in PARAM_SPECS:
+            check_param(name, value, f"{path}: model.{name}")
+    for name, low, high in (("vocab_size", 2, None), ("pad_index", 0, model["vocab_size"])):
+        value = model[name]
+        if not (isinstance(value, int) and not isinstance(value, bool)) or value < low or (
+                high is not None and isinstance(high, int) and value >= high):
+            raise ValueError(f"{path}: model.{name}={value!r} is not valid: expected an integer >= {low}"
+                             + (" and below vocab_size" if high is not None else ""))
+    return config
+
+
+def model_weight_layout(model):
+    """{name: ("F32", shape)} of the notebook's SentimentLSTM for a checked config.json "model"."""
+    hidden, n_directions = model["hidden_dim"], 2 if model["bidirectional"] else 1
+    rows = RNN_GATES[model.get("cell", "lstm")] * hidden
+    layout = {"embedding.weight": ("F32", (model["vocab_size"], model["embedding_dim"]))}
+    for direction in ("forward_rnns", "backward_rnns")[:n_directions]:
+        for layer in range(model["n_layers"]):
+            size = model["embedding_dim"] if layer == 0 else hidden * n_directions
+            layout |= {f"{direction}.{layer}.weight_ih_l0": ("F32", (rows, size)),
+                       f"{direction}.{layer}.weight_hh_l0": ("F32", (rows, hidden)),
+                       f"{direction}.{layer}.bias_ih_l0": ("F32", (rows,)),
+                       f"{direction}.{layer}.bias_hh_l0": ("F32", (rows,))}
+    pooled = hidden * n_directions * (2 if model["pooling"] == "max+mean" else 1)
+    return layout | {"fc.weight": ("F32", (1, pooled)), "fc.bias": ("F32", (1,))}
+
+
+def checkpoint_weight_layout(config):
+    """{name: (dtype, shape)} the weights of a checked config imply (an ensemble's members prefixed members.<i>.)."""
+    layout = model_weight_layout(config["model"])
+    n_models = config.get("n_models", 1)
+    if n_models == 1:
+        return layout
+    return {f"members.{i}.{name}": value for i in range(n_models) for name, value in layout.items()}
 
 
 def load_checkpoint(folder):
-    """Load (state_dict, vocab, config) from a checkpoint folder: safetensors and JSON only, nothing pickled."""
+    """Load (state_dict, vocab, config) from a checkpoint folder: safetensors and JSON only, nothing pickled.
+
+    Everything is checked before any tensor is made: each file is a regular file inside the folder
+    and within its size bound; config.json's keys and values (by PARAM_SPECS' rules); vocab.json is
+    a list of distinct strings as long as the embedding has rows; and weights.safetensors' header
+    holds exactly the names, dtypes and shapes the config implies. Errors name the file and the field.
+    """
     folder = Path(folder)
-    state = read_weights(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists() and not weights.is_symlink():
+        read_weights(folder)  # raises: the pickled weights.pt refused, or the file named as missing
     for name in ("vocab.json", "config.json"):
-        if not (folder / name).exists():
+        if not (folder / name).exists() and not (folder / name).is_symlink():
             raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
-    vocab = vocab_from_tokens(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    with open_regular_file(weights, MAX_WEIGHTS_BYTES, inside=folder) as f:  # a pickle is refused here already
+        read_safetensors_header(f, weights, os.fstat(f.fileno()).st_size)
+    config_path, vocab_path = folder / "config.json", folder / "vocab.json"
+    config = check_checkpoint_config(read_json_file(config_path, MAX_CONFIG_BYTES, inside=folder), config_path)
+    layout = checkpoint_weight_layout(config)
+    implied = sum(math.prod(shape) * SAFETENSORS_DTYPES[dtype] for dtype, shape in layout.values())
+    if implied > MAX_WEIGHTS_BYTES:
+        raise ValueError(f"{config_path}: model implies {implied:,} bytes of weights, more than the "
+                         f"{MAX_WEIGHTS_BYTES:,} a checkpoint may hold; refused")
+    itos = read_json_file(vocab_path, MAX_VOCAB_BYTES, inside=folder)
+    if not (isinstance(itos, list) and all(isinstance(token, str) for token in itos)):
+        raise ValueError(f"{vocab_path}: expected a JSON list of tokens (strings)")
+    if len(itos) != config["model"]["vocab_size"]:
+        raise ValueError(f"{vocab_path}: {len(itos):,} tokens, but {config_path}'s model.vocab_size (the "
+                         f"embedding's rows) is {config['model']['vocab_size']:,}")
+    try:
+        vocab = vocab_from_tokens(itos)
+    except ValueError as err:
+        raise ValueError(f"{vocab_path}: {err}") from None
+    if vocab[PAD_TOKEN] != config["model"]["pad_index"]:
+        raise ValueError(f"{config_path}: model.pad_index={config['model']['pad_index']} is not the index of "
+                         f"{PAD_TOKEN} in vocab.json ({vocab[PAD_TOKEN]})")
+    state = read_weights(folder, expected=layout)
     return state, vocab, config
 
 
@@ -1535,6 +1902,9 @@ def convert_legacy_checkpoint(folder, trust_pickled_file=False):
     legacy = folder / LEGACY_WEIGHTS_FILE
     if not legacy.exists():
         raise FileNotFoundError(f"{folder} has no {LEGACY_WEIGHTS_FILE} to convert")
+    if (folder / WEIGHTS_FILE).exists() or (folder / WEIGHTS_FILE).is_symlink():
+        raise FileExistsError(f"{folder / WEIGHTS_FILE} exists already, and converting would overwrite it; "
+                              f"move it away first if {LEGACY_WEIGHTS_FILE} is the one to keep")
     if not trust_pickled_file:
         raise UntrustedCheckpointError(
             f"{legacy} is a pickle, and unpickling can run code; convert it only if you trust whoever made it, "
@@ -2196,7 +2566,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         written = convert_legacy_checkpoint(args.folder, trust_pickled_file=args.trust_pickled_file)
-    except (UntrustedCheckpointError, FileNotFoundError, ValueError) as err:
+    except (UntrustedCheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     print(f"wrote {written}; {LEGACY_WEIGHTS_FILE} removed")
 

@@ -11,6 +11,10 @@ crossed with the grid). A named run may also carry an `edit` ({find: ..., replac
 of them, made in turn): a change to the notebook's code that is no parameter (exercise 6 uses one;
 the options that left the lesson, in sweeps/options.py, are run through such edits); it is made in
 a copy of the notebook saved in the run's folder, and each text to find must occur exactly once.
+An edit is code that runs in the notebook's kernel: it is made only for a sweep file inside this
+checkout's sweeps/ folder (committed with the code, reviewed like it), or with --allow-code-edits
+(which says you trust the file as you would a script). Every other sweep file is data: parameters
+checked against the notebook's names, and names that must stay inside runs/<sweep>/.
 With `seeds: [42, 1, 2]` every configuration runs once per seed (folders `<run>_seed-<seed>`),
 and summary_by_config.{csv,md} reports each configuration's mean, standard deviation and
 number of seeds, and its difference from the reference configuration (the run named
@@ -32,6 +36,11 @@ tcp:// scheduler must therefore stay on localhost or a trusted network (the swee
 other host). Elsewhere use TLS: scheduler, workers and this client all hold certificates signed by
 the cluster's own CA (--tls-ca-file, --tls-cert, --tls-key, as `dask scheduler` and `dask worker`
 take them), and the scheduler refuses every connection without one.
+The trust runs both ways: Dask unpickles what the scheduler and workers send to this client (a
+run's result, a worker's exception), and no setting of Dask's turns that off, so every holder of
+the cluster's certificate (or, with tcp://, whoever reaches the scheduler) can run code on the
+machine running this sweep. Results that are not a run's plain data are refused, but only after
+Dask has unpickled them.
 """
 
 from __future__ import annotations
@@ -66,6 +75,10 @@ NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
 KERNEL = "sentiment-lstm"
 SET_BY_SWEEP = ("run_dir",)  # the sweep chooses each run's folder itself
 EDIT = "edit"  # a named run's change to the notebook's code, not a parameter
+SWEEPS_DIR = REPO / "sweeps"  # sweep files here may carry edits; elsewhere only with --allow-code-edits
+MAX_SWEEP_FILE_BYTES = 1 << 20  # a sweep file is a page of YAML; the largest committed one is about 4 KB
+MAX_RUNS = 2_000  # most runs a sweep may expand to (runs x grid combinations x seeds), counted before expanding
+MAX_NAME_CHARS = 100  # longest sweep name, run name or grid value that becomes part of a folder's name
 
 
 class SweepError(ValueError):
@@ -81,6 +94,83 @@ def notebook_parameters(notebook=NOTEBOOK):
 
 def _slug(value):
     return re.sub(r"[^A-Za-z0-9.]+", "-", str(value)).strip("-")
+
+
+def folder_name(value, field):
+    """The folder name a sweep file's name or value becomes; SweepError naming the field if it could leave its folder.
+
+    Refused: empty names, '.', '..' (or any name of dots only), names with a path separator, and
+    names longer than MAX_NAME_CHARS.
+    """
+    text = str(value)
+    if len(text) > MAX_NAME_CHARS:
+        raise SweepError(f"{field}: {text[:40]!r}... is {len(text)} characters long; a name may have at most "
+                         f"{MAX_NAME_CHARS}")
+    if any(sep in text for sep in ("/", "\\", "\0")):
+        raise SweepError(f"{field}: {text!r} holds a path separator; a name becomes a folder name and must not")
+    slug = _slug(text)
+    if not slug.strip("."):
+        raise SweepError(f"{field}: {text!r} is no folder name (empty, '.' or '..' after replacing other "
+                         "characters with '-'); use letters, digits, '.' and '-'")
+    return slug
+
+
+def child(folder, name):
+    """folder/name, refused unless it lies directly inside folder (no '..', separator or link leading out)."""
+    folder = Path(folder)
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise SweepError(f"{path} would lie outside {folder}; a sweep writes only inside its own folder")
+    return path
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: a sweep file needs none, and nested ones expand exponentially."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise SweepError(f"the YAML alias *{event.anchor} (line {mark.line + 1}, column {mark.column + 1}) is "
+                             "refused: a sweep file needs no aliases, and nested ones can expand beyond memory")
+        return super().compose_node(parent, index)
+
+
+def read_sweep_file(path):
+    """The sweep file's YAML as Python data: at most MAX_SWEEP_FILE_BYTES, no aliases, no Python tags."""
+    path = Path(path)
+    if path.is_dir():
+        raise SweepError(f"sweep file {path} is a folder")
+    size = path.stat().st_size
+    if size > MAX_SWEEP_FILE_BYTES:
+        raise SweepError(f"sweep file {path} holds {size:,} bytes, more than the {MAX_SWEEP_FILE_BYTES:,} a sweep "
+                         "file may")
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (a safe loader)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise SweepError(f"sweep file {path} is not valid YAML: {err}") from err
+
+
+def edits_allowed(sweep_file, allow_code_edits=False):
+    """Whether a sweep file's edits (code) may run: it lies in this checkout's sweeps/, or the user said so."""
+    return allow_code_edits or Path(sweep_file).resolve().is_relative_to(SWEEPS_DIR.resolve())
+
+
+def check_code_edits(spec, sweep_file, allow_code_edits=False):
+    """SweepError naming the runs with an `edit` if the sweep file may not change the notebook's code."""
+    runs = spec.get("runs") if isinstance(spec, dict) else None
+    editing = [str(run.get("name")) for run in runs or [] if isinstance(run, dict) and EDIT in run]
+    if editing and not edits_allowed(sweep_file, allow_code_edits):
+        raise SweepError(f"run(s) {', '.join(editing)} carry an 'edit', which changes the notebook's code and so "
+                         f"runs code from the sweep file; that is done only for sweep files in {SWEEPS_DIR} or with "
+                         "--allow-code-edits (only for a file you trust as you would a script)")
+
+
+def sweep_folder(spec, sweep_file, runs_dir):
+    """runs_dir/<sweep name>, the sweep's name checked so that the folder lies directly inside runs_dir."""
+    name = spec.get("name") if isinstance(spec, dict) else None
+    field = "name" if name is not None else f"the file name {Path(sweep_file).name!r}"
+    return child(runs_dir, folder_name(name if name is not None else Path(sweep_file).stem, field))
 
 
 def expand(spec, valid_names):
@@ -102,6 +192,12 @@ def expand(spec, valid_names):
         raise SweepError("the sweep file has neither 'runs' nor 'grid': nothing to run")
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise SweepError("'grid' must map each parameter to a non-empty list of values")
+    if not isinstance(named, list) or not all(isinstance(run, dict) for run in named):
+        raise SweepError("'runs' must be a list of mappings, each with a 'name'")
+    n_runs = len(named) * math.prod(len(v) for v in grid.values()) * len(seeds or [None])
+    if n_runs > MAX_RUNS:
+        raise SweepError(f"the sweep would expand to {n_runs:,} runs (runs x grid combinations x seeds), more than "
+                         f"the {MAX_RUNS:,} a sweep may have; split it")
     used = set(base) | set(grid) | {k for run in named for k in run if k not in ("name", EDIT)}
     for run in named:
         edit = run.get(EDIT)
@@ -117,15 +213,18 @@ def expand(spec, valid_names):
     reserved = sorted(used & set(SET_BY_SWEEP + (("seed",) if seeds else ())))
     if reserved:
         raise SweepError(f"{', '.join(reserved)} is set by the sweep for each run; remove it from the sweep file")
+    grid_names = {k: [folder_name(v, f"grid.{k}[{i}]") for i, v in enumerate(values)] for k, values in grid.items()}
     runs = {}
-    for run in named:
+    for index, run in enumerate(named):
         run = dict(run)
         run_name = run.pop("name", None)
         if spec.get("runs") and not run_name:
             raise SweepError(f"every entry of 'runs' needs a name: {run}")
-        for values in itertools.product(*grid.values()):
-            combo = dict(zip(grid, values, strict=True))
-            parts = ([_slug(run_name)] if run_name else []) + [f"{k}-{_slug(v)}" for k, v in combo.items()]
+        run_slug = folder_name(run_name, f"runs[{index}].name") if run_name else None
+        for positions in itertools.product(*(range(len(v)) for v in grid.values())):
+            combo = {k: grid[k][i] for k, i in zip(grid, positions, strict=True)}
+            parts = ([run_slug] if run_slug else []) + [f"{k}-{grid_names[k][i]}"
+                                                        for k, i in zip(grid, positions, strict=True)]
             name = "_".join(parts)
             for seed in seeds or [None]:
                 folder = name if seed is None else f"{name}_seed-{seed}"
@@ -252,10 +351,24 @@ def run_on_worker(name, parameters, fingerprint, slots_by_host, fetch_checkpoint
     return {"files": files, "worker": worker.address, "seconds": time.perf_counter() - start}
 
 
+def check_plain_result(result):
+    """A worker's result if it is plain data (the dict run_on_worker returns: str, bytes and a number), else raise.
+
+    This cannot stop a hostile worker: Dask unpickles what workers send before this sees it (see README).
+    """
+    files = result.get("files") if type(result) is dict else None
+    if not (type(result) is dict and set(result) == {"files", "worker", "seconds"} and type(files) is dict
+            and all(type(k) is str and type(v) is bytes for k, v in files.items())
+            and type(result["worker"]) is str and type(result["seconds"]) in (int, float)):
+        raise SweepError(f"a worker sent a result that is not a run's plain data ({type(result).__name__}); refused")
+    return result
+
+
 def land(sweep_dir, name, files):
     """Write a run's files into sweep_dir/name all at once: a hidden folder first, renamed when whole."""
     sweep_dir = Path(sweep_dir)
-    receiving = sweep_dir / f".{name}.receiving-{uuid.uuid4().hex[:8]}"
+    target = child(sweep_dir, name)
+    receiving = child(sweep_dir, f".{name}.receiving-{uuid.uuid4().hex[:8]}")
     try:
         for relative, data in files.items():
             path = receiving / relative
@@ -263,8 +376,8 @@ def land(sweep_dir, name, files):
                 raise ValueError(f"a worker sent a file outside the run folder: {relative!r}")
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        set_aside(sweep_dir / name)
-        receiving.rename(sweep_dir / name)
+        set_aside(target)
+        receiving.rename(target)
     finally:
         shutil.rmtree(receiving, ignore_errors=True)
 
@@ -272,8 +385,11 @@ def land(sweep_dir, name, files):
 def set_aside(run_dir):
     """Move a run folder left by an earlier, unfinished attempt out of the way; never delete it."""
     run_dir = Path(run_dir)
-    if run_dir.exists():
-        run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"))
+    if run_dir.exists() or run_dir.is_symlink():
+        aside = child(run_dir.parent, f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+        if run_dir.is_symlink() or run_dir.resolve().parent != run_dir.parent.resolve():
+            raise SweepError(f"{run_dir} is a link; a sweep moves only the run folders it made itself")
+        run_dir.rename(aside)
 
 
 TLS_OPTIONS = {"tls_ca_file": "--tls-ca-file", "tls_cert": "--tls-cert", "tls_key": "--tls-key"}
@@ -399,11 +515,12 @@ def dask_runs(scheduler, sweep_dir, todo, fetch_checkpoints=False, log=print, wo
         for future in finished:
             name, submitted = futures.pop(future)
             try:
-                result = future.result()
+                result = check_plain_result(future.result())
             except Exception as err:  # noqa: BLE001 (a failed run is recorded and the sweep goes on)
-                set_aside(sweep_dir / name)
-                (sweep_dir / name).mkdir()
-                (sweep_dir / name / "error.txt").write_text(f"{type(err).__name__}: {err}\n", encoding="utf-8")
+                run_dir = child(sweep_dir, name)
+                set_aside(run_dir)
+                run_dir.mkdir()
+                (run_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n", encoding="utf-8")
                 yield name, err, time.perf_counter() - submitted
             else:
                 land(sweep_dir, name, result["files"])
@@ -417,8 +534,11 @@ def local_runs(sweep_dir, todo, jobs, execute, log=print):
     threads = max(1, usable_cores() // max(jobs, 1))
 
     def one(name, params):
-        run_dir = sweep_dir / name
-        set_aside(run_dir)
+        try:
+            run_dir = child(sweep_dir, name)
+            set_aside(run_dir)
+        except SweepError as err:  # a link out of the sweep's folder: nothing is written there, not even error.txt
+            return name, err, 0.0
         run_dir.mkdir()
         log(f"starting {name}: {json.dumps(params)}")
         start = time.perf_counter()
@@ -436,11 +556,12 @@ def local_runs(sweep_dir, todo, jobs, execute, log=print):
 
 
 def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_names=None, log=print,
-              scheduler=None, fetch_checkpoints=False, tls=None):
+              scheduler=None, fetch_checkpoints=False, tls=None, allow_code_edits=False):
     """Run every configuration not yet complete; returns (sweep folder, names of the failed runs).
 
     Locally `jobs` at a time, or, given a scheduler address, on the workers of that Dask cluster;
     tls: {"tls_ca_file": ..., "tls_cert": ..., "tls_key": ...} for a tls:// scheduler.
+    allow_code_edits: run the edits (code) of a sweep file outside this checkout's sweeps/.
     """
     execute = execute or papermill_execute
     tls = {name: path for name, path in (tls or {}).items() if path}
@@ -450,10 +571,13 @@ def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_na
     if scheduler and plain_tcp_warning(scheduler):
         log(plain_tcp_warning(scheduler))
     sweep_file = Path(sweep_file)
-    spec = yaml.safe_load(sweep_file.read_text(encoding="utf-8"))
+    spec = read_sweep_file(sweep_file)
     runs = expand(spec, valid_names if valid_names is not None else list(notebook_parameters()))
-    sweep_dir = Path(runs_dir) / _slug(spec.get("name") or sweep_file.stem)
+    check_code_edits(spec, sweep_file, allow_code_edits)
+    sweep_dir = sweep_folder(spec, sweep_file, runs_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if sweep_dir.resolve().parent != Path(runs_dir).resolve():  # made just now: a link put there meanwhile
+        raise SweepError(f"{sweep_dir} lies outside {runs_dir}")
     (sweep_dir / "sweep.yaml").write_text(sweep_file.read_text(encoding="utf-8"), encoding="utf-8")
     todo = {name: params for name, params in runs.items() if not is_complete(sweep_dir / name)}
     log(f"sweep {sweep_dir.name}: {len(runs)} runs, {len(runs) - len(todo)} already complete, {len(todo)} to run")
@@ -705,6 +829,9 @@ def main(argv=None):
                         help="with --scheduler: also bring each run's checkpoint back from its worker")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where runs/<sweep>/ goes")
     parser.add_argument("--summary-only", action="store_true", help="only (re)write the summary of a sweep")
+    parser.add_argument("--allow-code-edits", action="store_true",
+                        help="run the 'edit's (changes to the notebook's code) of a sweep file outside this checkout's "
+                             "sweeps/ folder: only for a file you trust as you would a script")
     args = parser.parse_args(argv)
     if not args.sweep_file.is_file():
         parser.error(f"sweep file {args.sweep_file} does not exist")
@@ -720,12 +847,13 @@ def main(argv=None):
             parser.error(str(err))
     try:
         if args.summary_only:
-            spec = yaml.safe_load(args.sweep_file.read_text(encoding="utf-8"))
-            sweep_dir = args.runs_dir / _slug(spec.get("name") or args.sweep_file.stem)
-            summarise(sweep_dir, expand(spec, list(notebook_parameters())))
+            spec = read_sweep_file(args.sweep_file)
+            runs = expand(spec, list(notebook_parameters()))
+            summarise(sweep_folder(spec, args.sweep_file, args.runs_dir), runs)
             return 0
         sweep_dir, failed = run_sweep(args.sweep_file, args.runs_dir, args.jobs, scheduler=args.scheduler,
-                                      fetch_checkpoints=args.fetch_checkpoints, tls=tls)
+                                      fetch_checkpoints=args.fetch_checkpoints, tls=tls,
+                                      allow_code_edits=args.allow_code_edits)
     except SweepError as err:
         print(f"error in {args.sweep_file}: {err}", file=sys.stderr)
         return 2

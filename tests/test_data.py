@@ -1,6 +1,7 @@
 """Downloading, checksums and safe extraction of the IMDB archive."""
 
 import hashlib
+import io
 import tarfile
 
 import pytest
@@ -157,3 +158,71 @@ def test_an_extraction_of_unknown_origin_is_replaced_by_the_archive_given(tiny_a
     helpers.prepare_imdb(tiny_archive, data_dir=tmp_path / "data", log=messages.append)
     assert "an unknown archive" in messages[0]
     assert (root / "train" / "pos" / "0_5.txt").exists()
+
+
+# --------------------------------------------------------------------------- archive bombs (issue 32)
+class _Zeros(io.RawIOBase):
+    """A file of `size` zero bytes that exists only as it is read."""
+
+    def __init__(self, size):
+        self.left = size
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def test_the_budget_is_a_little_above_the_real_archive():
+    # measured on aclImdb_v1.tar.gz: 100,016 members, 138,643,348 bytes of files
+    assert 100_016 < helpers.IMDB_MAX_MEMBERS <= 120_000 and 138_643_348 < helpers.IMDB_MAX_BYTES <= 180_000_000
+
+
+def test_a_bomb_with_the_imdb_layout_is_refused_and_the_earlier_extraction_is_kept(tiny_archive, tmp_path):
+    data_dir = tmp_path / "data"
+    root = helpers.extract_imdb(tiny_archive, data_dir)
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+    bomb = tmp_path / "bomb.tar.gz"
+    with tarfile.open(bomb, "w:gz", compresslevel=1) as tar:
+        for name, text in imdb_files().items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+        info = tarfile.TarInfo("aclImdb/train/unsup/0_0.txt")
+        info.size = helpers.IMDB_MAX_BYTES + 1  # 160 MB of zeros: about 0.2 MB compressed
+        tar.addfile(info, _Zeros(info.size))
+    assert bomb.stat().st_size < 2_000_000
+    with pytest.raises(ValueError, match=r"bomb.tar.gz expands to more than 160,000,000 bytes.*before anything"):
+        helpers.extract_imdb(bomb, data_dir)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+    assert helpers.extraction_origin(root)["md5"] == md5(tiny_archive.read_bytes())
+    assert [p.name for p in data_dir.iterdir()] == ["aclImdb"]  # no staging folder left behind
+
+
+def test_an_archive_of_more_members_than_the_budget_is_refused(tmp_path):
+    files = imdb_files() | {f"aclImdb/train/unsup/{i}_0.txt": "" for i in range(30)}
+    archive = make_archive(tmp_path / "many.tar.gz", files)
+    with pytest.raises(ValueError, match="many.tar.gz holds more than 20 members"):
+        helpers.extract_imdb(archive, tmp_path / "data", max_members=20)
+    assert not (tmp_path / "data").exists()
+
+
+def test_only_gzip_is_read_whatever_the_name_says(tmp_path):
+    archive = tmp_path / "aclImdb_v1.tar.gz"
+    with tarfile.open(archive, "w:bz2") as tar:
+        for name, text in imdb_files().items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    with pytest.raises(ValueError, match="not a valid tar.gz archive"):
+        helpers.extract_imdb(archive, tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_folder_given_as_the_archive_is_called_a_folder(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        helpers.extract_imdb(tmp_path, tmp_path / "data")

@@ -109,10 +109,10 @@ def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_lin
     tokens = [helpers.tokenize(review) for review in reviews]
     features = helpers.NBNgramFeatures((1, 2)).fit(tokens, [1, 0, 0])
     baseline = helpers.NgramModel.from_fitted(features, LogisticRegression().fit(features.transform(tokens), [1, 0, 0]))
-    space = namespace("predict_review", predict_file=str(path), model=model, vocab=vocab, max_length=50,
-                      device="cpu", run_dir=tmp_path, baseline=baseline, batch_size=2, pad_index=0,
+    space = namespace("score_all_three", "predict_review", predict_file=str(path), model=model, vocab=vocab,
+                      max_length=50, device="cpu", run_dir=tmp_path, baseline=baseline, batch_size=2, pad_index=0,
                       combination_rule="stacked", combination_weights=np.array([0.5, 2.0]), combination_bias=-0.1)
-    exec(cell_containing("helpers.read_review_file("), space)  # noqa: S102 - the notebook's own cell (and probes)
+    exec(cell_containing("helpers.predict_review_file("), space)  # noqa: S102 - the notebook's own cell (and probes)
     with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(int(row["line"]), row["review"]) for row in rows] == list(zip([1, 3, 5], reviews, strict=True))
@@ -124,3 +124,47 @@ def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_lin
     np.testing.assert_allclose([float(row["prob_positive"]) for row in rows], combined, atol=1e-6)
     assert [row["label"] for row in rows] == [helpers.LABEL_NAMES[int(p >= 0.5)] for p in combined]
     assert "3 predictions" in capsys.readouterr().out
+
+
+def test_predict_review_file_streams_a_batch_at_a_time_and_writes_an_excerpt_of_each_review(tmp_path):
+    """Issue 32: memory bounded by a batch, not the file; predictions.csv holds each review's start only."""
+    import tracemalloc
+
+    long_review = "great film " * 2_000  # 22,000 characters
+    lines = [long_review if i % 50 == 0 else f"review number {i} was dull" for i in range(20_000)]
+    path = write_lines(tmp_path / "reviews.txt", "\n".join(lines) + "\n\n")
+    batches = []
+
+    def predict(reviews):
+        batches.append(len(reviews))
+        return np.full(len(reviews), 0.75)
+
+    tracemalloc.start()
+    try:
+        n_predicted, n_skipped, skipped = helpers.predict_review_file(path, tmp_path / "predictions.csv", predict,
+                                                                      batch_size=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (n_predicted, n_skipped, skipped) == (20_000, 1, [20_001])
+    assert max(batches) == 100 and sum(batches) == 20_000
+    assert path.stat().st_size > 8_000_000 and peak < 3_000_000  # the file: 9 MB; held at once: a batch of it
+    with open(tmp_path / "predictions.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20_000 and rows[1]["review"] == "review number 1 was dull"
+    assert rows[0]["review"] == long_review[:helpers.PREDICTION_EXCERPT_CHARS] + "…"
+    assert (tmp_path / "predictions.csv").stat().st_size < 2_000_000
+
+
+def test_write_predictions_writes_an_excerpt_of_a_long_review(tmp_path):
+    helpers.write_predictions(tmp_path / "p.csv", [1], ["word " * 10_000], np.array([0.25]))
+    with open(tmp_path / "p.csv", encoding="utf-8", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["review"] == ("word " * 10_000)[:helpers.PREDICTION_EXCERPT_CHARS] + "…"
+
+
+def test_a_review_line_longer_than_the_limit_is_refused_naming_the_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(helpers, "MAX_REVIEW_LINE_BYTES", 100)
+    path = write_lines(tmp_path / "reviews.txt", "short one\n" + "x" * 200 + "\n")
+    with pytest.raises(ValueError, match="line 2 is longer than 100 bytes"):
+        helpers.read_review_file(path)

@@ -144,12 +144,12 @@ def test_write_predictions_quotes_reviews(tmp_path):
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_model, vocab):
-    helpers.save_checkpoint(tmp_path / "ck", tiny_model, vocab, {"model": {"dim": 8}, "max_length": 20})
+    model = dict(vocab_size=len(vocab), embedding_dim=8, hidden_dim=8, n_layers=1, bidirectional=False,
+                 embedding_dropout=0.0, dropout=0.0, pooling="max", pad_index=0, cell="lstm")
+    saved = {name: torch.randn(shape) for name, (_, shape) in helpers.model_weight_layout(model).items()}
+    helpers.save_checkpoint(tmp_path / "ck", saved, vocab, {"model": model, "max_length": 20})
     state, loaded_vocab, config = helpers.load_checkpoint(tmp_path / "ck")
-    fresh = TinyModel()
-    helpers.load_weights(fresh, state)
-    pairs = zip(fresh.state_dict().values(), tiny_model.state_dict().values(), strict=True)
-    assert all(torch.equal(a, b) for a, b in pairs)
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in state)
     assert loaded_vocab.get_itos() == vocab.get_itos() and config["max_length"] == 20
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "vocab.json", "weights.safetensors"]
 
@@ -193,6 +193,25 @@ def test_a_run_folder_holding_a_run_is_never_reused(tmp_path):
     with pytest.raises(FileExistsError, match="already holds a run"):
         helpers.new_run_dir(run_dir)
     assert helpers.new_run_dir(runs_dir=tmp_path / "runs") != helpers.new_run_dir(runs_dir=tmp_path / "runs")
+
+
+def test_a_run_folder_holding_files_that_are_no_run_is_refused_and_left_alone(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"run_dir .*notes holds files that are not a run's \(notes.txt\)"):
+        helpers.new_run_dir(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    (folder / "notes.txt").unlink()
+    (folder / "figures").mkdir()
+    (folder / "figures" / "mine.png").write_bytes(b"png")  # figures/ of something else
+    with pytest.raises(FileExistsError, match=r"holds files that are not a run's \(figures/\)"):
+        helpers.new_run_dir(folder)
+
+
+def test_read_review_file_calls_a_folder_a_folder(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"predict_file {re.escape(str(tmp_path))} is a folder"):
+        helpers.read_review_file(tmp_path)
 
 
 def test_the_pinned_stack_uses_torchtext():

@@ -208,7 +208,9 @@ def test_every_exercise_runs_on_the_sample(tmp_path):
     spec["base"] = {"use_sample": True, "train_size": 100, "valid_size": 12, "test_size": 50, "n_epochs": 1,
                     "embedding_dim": 8, "hidden_dim": 8, "max_vocab_size": 2000}
     assert [run["name"] for run in spec["runs"]] == runs
-    sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, name), tmp_path / "runs", jobs=2)
+    # a copy outside sweeps/: its edits (exercise 6) run because the test says so
+    sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, name), tmp_path / "runs", jobs=2,
+                                        allow_code_edits=True)
     assert failed == []
     for run in runs:
         metrics = json.loads((sweep_dir / run / "metrics.json").read_text())
@@ -437,3 +439,86 @@ def test_the_lessons_prose_about_the_exercises_is_the_committed_runs():
     assert sum(row["best_epoch"] != row["epochs"] for row in rows) == 3
     assert "in all but three runs the last epoch was the best" in text
     assert f"one seed hardly learned: {min(acc['ex1-rnn-max'].values()):.4f}" in text
+
+
+# --------------------------------------------------------------------------- files from others (issue 32)
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "..", "runs": [{"name": "data", "n_epochs": 1}]}, r"name: '\.\.' is no folder name"),
+    ({"name": ".", "grid": {"hidden_dim": [8]}}, r"name: '\.' is no folder name"),
+    ({"name": "", "grid": {"hidden_dim": [8]}}, r"name: '' is no folder name"),
+    ({"name": "a/../..", "grid": {"hidden_dim": [8]}}, "name: 'a/../..' holds a path separator"),
+    ({"runs": [{"name": ".", "n_epochs": 1}]}, r"runs\[0\].name: '\.' is no folder name"),
+    ({"runs": [{"name": "ok"}, {"name": "..", "n_epochs": 1}]}, r"runs\[1\].name: '\.\.' is no folder name"),
+    ({"runs": [{"name": "-.-"}]}, r"runs\[0\].name: '-\.-' is no folder name"),
+    ({"runs": [{"name": "..\\evil"}]}, "runs.0..name: .* holds a path separator"),
+    ({"grid": {"pooling": ["max", "../x"]}}, r"grid.pooling\[1\]: '\.\./x' holds a path separator"),
+    ({"grid": {"pooling": ["x" * 101]}}, r"grid.pooling\[0\]: .* is 101 characters long"),
+    ({"grid": {"hidden_dim": list(range(100)), "lr": list(range(100))}}, "would expand to 10,000 runs"),
+    ({"grid": {"hidden_dim": list(range(10))}, "runs": [{"name": f"r{i}"} for i in range(30)], "seeds": [1, 2, 3, 4,
+                                                                                                             5, 6, 7]},
+     "would expand to 2,100 runs"),
+])
+def test_names_that_would_leave_the_sweeps_folder_and_huge_grids_are_refused(tmp_path, spec, message):
+    runs_dir = tmp_path / "repo" / "runs"
+    runs_dir.mkdir(parents=True)
+    (tmp_path / "repo" / "data").mkdir()
+    calls = []
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.run_sweep(write_spec(tmp_path, spec), runs_dir, execute=lambda *a: calls.append(a),
+                        valid_names=NAMES, log=lambda *a: None)
+    assert calls == [] and list(runs_dir.iterdir()) == [] and [p.name for p in (tmp_path / "repo").iterdir()] in (
+        ["runs", "data"], ["data", "runs"])
+
+
+def test_a_sweep_never_moves_or_writes_through_a_link_out_of_its_folder(tmp_path):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    sweep_dir = tmp_path / "runs" / "demo"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "hidden_dim-8").symlink_to(outside)
+    spec = write_spec(tmp_path, {"grid": {"hidden_dim": [8]}})
+    execute = fake_execute()
+    _, failed = sweep.run_sweep(spec, tmp_path / "runs", execute=execute, valid_names=NAMES, log=lambda *a: None)
+    assert failed == ["hidden_dim-8"] and execute.calls == []
+    assert [p.name for p in outside.iterdir()] == ["keep.txt"] and (sweep_dir / "hidden_dim-8").is_symlink()
+
+
+def test_a_yaml_alias_is_refused_before_it_expands(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(8)) + "grid: {pooling: *i}\n"
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    with pytest.raises(sweep.SweepError, match=r"the YAML alias \*a .* is refused"):
+        sweep.run_sweep(path, tmp_path / "runs", execute=lambda *a: None, valid_names=NAMES, log=lambda *a: None)
+    assert sweep.main([str(path), "--runs-dir", str(tmp_path / "runs"), "--summary-only"]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+EDIT_SPEC = {"runs": [{"name": "evil", "edit": {"find": "import copy", "replace": "import copy\nimport os"}}]}
+
+
+def test_a_sweep_file_with_edits_outside_the_checkouts_sweeps_runs_only_when_the_user_allows_code(tmp_path,
+                                                                                                  monkeypatch,
+                                                                                                  capsys):
+    spec = write_spec(tmp_path, EDIT_SPEC, name="from-a-colleague")
+    execute = fake_execute()
+    with pytest.raises(sweep.SweepError, match=r"run\(s\) evil carry an 'edit'.*--allow-code-edits"):
+        sweep.run_sweep(spec, tmp_path / "runs", execute=execute, valid_names=NAMES, log=lambda *a: None)
+    assert execute.calls == [] and not (tmp_path / "runs").exists()
+    monkeypatch.setattr(sweep, "papermill_execute", execute)
+    monkeypatch.setattr(sweep, "notebook_parameters", lambda: dict.fromkeys(NAMES))
+    assert sweep.main([str(spec), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "carry an 'edit'" in capsys.readouterr().err and execute.calls == []
+    assert sweep.main([str(spec), "--runs-dir", str(tmp_path / "runs"), "--allow-code-edits"]) == 0
+    assert execute.calls == ["evil"]
+
+
+def test_the_committed_sweep_files_with_edits_may_run_them():
+    committed = sorted(path.name for path in (REPO / "sweeps").glob("*.yaml")
+                       if any("edit" in run for run in yaml.safe_load(path.read_text()).get("runs") or []))
+    assert committed == ["adversarial_seeds.yaml", "averaging_seeds.yaml", "ensemble_seeds.yaml", "exercises.yaml"]
+    for name in committed:
+        path = REPO / "sweeps" / name
+        sweep.check_code_edits(sweep.read_sweep_file(path), path)  # raises if refused

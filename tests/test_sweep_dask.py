@@ -350,3 +350,58 @@ def test_a_client_or_worker_without_a_certificate_of_the_clusters_ca_is_refused(
     tls_cluster.log.flush()
     log = (tls_cluster.folder / "dask.log").read_text()
     assert "TLS handshake failed" in log and "CERTIFICATE_VERIFY_FAILED" in log
+
+
+HOSTILE_PLUGIN = '''"""A worker that holds the cluster's certificate and turns hostile: its runs "finish" at once, and
+each result it sends back holds an object whose unpickling opens (creates) $HOSTILE_MARKER."""
+import os
+import subprocess
+
+from distributed import WorkerPlugin
+
+
+class Payload:
+    def __reduce__(self):
+        return (open, (os.environ["HOSTILE_MARKER"], "w"))
+
+
+class Hostile(WorkerPlugin):
+    def setup(self, worker):
+        self.worker = worker
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "memory" and str(key).startswith("sweep-"):
+            self.worker.data[key] = {"files": {"metrics.json": Payload()}, "worker": "hostile", "seconds": 1.0}
+
+
+async def dask_setup(worker):
+    subprocess.run = lambda command, **kwargs: subprocess.CompletedProcess(command, 0, "", "")  # no papermill
+    await worker.plugin_add(Hostile(), name="hostile")
+'''
+
+
+def test_a_hostile_worker_runs_code_in_the_sweeps_process_and_its_result_is_refused(tmp_path):
+    """Issue 32. Dask unpickles whatever a worker sends, before the sweep's code sees it: a worker holding the
+    cluster's certificate (here plain tcp on localhost) can run code on the machine running sweep.py. The
+    README says so; what the sweep can do, it does: the result, not a run's plain data, is refused and
+    nothing of it lands in runs/."""
+    plugin = tmp_path / "hostile_plugin.py"
+    plugin.write_text(HOSTILE_PLUGIN)
+    marker = tmp_path / "marker"
+    cluster = Cluster(tmp_path)
+    try:
+        address = f"tcp://127.0.0.1:{free_port()}"
+        process = start([str(DASK), "worker", cluster.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                         "--listen-address", address, "--death-timeout", "20", "--preload", str(plugin)],
+                        cluster.log, env=dict(os.environ, HOSTILE_MARKER=str(marker)))
+        cluster.processes.append(process)
+        cluster.wait_for_workers(1)
+        spec = write_sweep(tmp_path, "hostile", [{"name": "evil"}])
+        lines = []
+        sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", scheduler=cluster.address, log=lines.append)
+    finally:
+        cluster.stop()
+    assert marker.exists()  # the payload ran in this process: the trust model the README states
+    assert failed == ["evil"]
+    assert "not a run's plain data" in (sweep_dir / "evil" / "error.txt").read_text()
+    assert sorted(p.name for p in (sweep_dir / "evil").iterdir()) == ["error.txt"]

@@ -185,6 +185,7 @@ def _run_training_cell(tmp_path, train_batches, n_epochs, patience):
     model = TinyModel(vocab_size=20)
     space = namespace("train_epoch", "evaluate", "fit", model=model, train_batches=train_batches,
                       valid_batches=helpers.BucketBatches(*_toy_data(32, seed=1), 16), run_dir=tmp_path,
+                      checkpoint_dir=tmp_path / "checkpoint",
                       n_epochs=n_epochs, patience=patience, vocab=None, model_config={}, max_length=20,
                       clip_norm=1.0, device="cpu", time=time, lr=0.02, loss_fn=torch.nn.BCEWithLogitsLoss())
     exec(cell_containing("history, stopper, interrupted = fit(model"), space)  # noqa: S102
