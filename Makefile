@@ -31,6 +31,9 @@ NOTEBOOK := notebooks/sentiment_lstm.ipynb
 # Extra papermill arguments for `make run`, e.g. PARAMS="-p n_epochs 3 -p hidden_dim 64".
 PARAMS ?=
 IMDB_ARCHIVE ?=
+# A folder holding the out-of-domain sets (section 5): amazon_cells_labelled.txt, yelp_labelled.txt and
+# review_polarity.tar.gz; empty: data/ood/, else downloaded from their authors (checked), else skipped.
+OOD_DATA ?=
 
 # Jupyter looks in the user's folders before the environment's; a kernel named sentiment-lstm
 # registered elsewhere must not shadow the one in .venv.
@@ -53,7 +56,7 @@ help:
 	@echo "make sweep-summary SWEEP=sweeps/<name>.yaml    rewrite the summary table and plots of a sweep"
 	@echo "make publish RUN=runs/<time>   make a default run's executed notebook and figures the committed ones"
 	@echo "make clean-cache   delete data/cache/ (tokenized reviews and word vectors, remade when next needed)"
-	@echo "variables: IMDB_ARCHIVE=path/to/aclImdb_v1.tar.gz  PARAMS='-p name value ...'"
+	@echo "variables: IMDB_ARCHIVE=path/to/aclImdb_v1.tar.gz  OOD_DATA=folder/of/the/out-of-domain/sets  PARAMS='-p name value ...'"
 	@echo "           STACK=current  any target on the current stack (torch 2.13, numpy 2, no torchtext) in .venv-current"
 
 install: $(VENV)/.installed
@@ -107,7 +110,7 @@ run: install
 	@set -e; run_dir=runs/$$(date +%Y-%m-%d_%H%M%S); mkdir -p runs; mkdir $$run_dir; \
 	echo "run folder: $$run_dir"; \
 	$(BIN)/papermill $(NOTEBOOK) $$run_dir/sentiment_lstm.ipynb -k $(KERNEL) --log-output --progress-bar \
-		-p run_dir $$run_dir -p imdb_archive "$(IMDB_ARCHIVE)" $(PARAMS); \
+		-p run_dir $$run_dir -p imdb_archive "$(IMDB_ARCHIVE)" -p ood_data "$(OOD_DATA)" $(PARAMS); \
 	echo "done: $$run_dir/metrics.json"
 
 # The lesson at the exercises' size (sweeps/exercises.yaml's base; about 70 s on two cores

@@ -1737,10 +1737,11 @@ def read_safetensors_header(f, path, file_size):
     return layout
 
 
-def read_safetensors(path, expected=None, max_bytes=MAX_WEIGHTS_BYTES, inside=None):
+def read_safetensors(path, expected=None, max_bytes=MAX_WEIGHTS_BYTES, inside=None, against="its config.json"):
     """The tensors of a safetensors file, its header checked before any tensor is made.
 
-    expected: {name: (dtype, shape)} the file must hold exactly (names, dtypes and shapes), or None.
+    expected: {name: (dtype, shape)} the file must hold exactly (names, dtypes and shapes), or None;
+    `against` names where those come from, for the error.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as safetensors_load
@@ -1752,11 +1753,11 @@ def read_safetensors(path, expected=None, max_bytes=MAX_WEIGHTS_BYTES, inside=No
             expected = {name: (dtype, tuple(shape)) for name, (dtype, shape) in expected.items()}
             problems = [f"missing {k}" for k in expected if k not in layout]
             problems += [f"unexpected {k}" for k in layout if k not in expected]
-            problems += [f"{k}: {layout[k][0]} {list(layout[k][1])}, the config implies {v[0]} {list(v[1])}"
+            problems += [f"{k}: {layout[k][0]} {list(layout[k][1])}, {against} implies {v[0]} {list(v[1])}"
                          for k, v in expected.items() if k in layout and layout[k] != v]
             if problems:
                 shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-                raise ValueError(f"{path} does not match its config.json: {shown}")
+                raise ValueError(f"{path} does not match {against}: {shown}")
         f.seek(0)
         data = f.read(size + 1)
     if len(data) != size:
@@ -1942,25 +1943,12 @@ MAX_NGRAMS = 10_000_000  # the full data has 1.3 million uni- and bigrams
 MAX_JSON_BYTES = 1 << 20
 
 
-def _regular_file(folder, name, max_bytes):
-    """folder/name, refused unless it is a regular file inside folder (no link) of at most max_bytes."""
+def _json_object(folder, name, max_bytes=MAX_JSON_BYTES):
+    """The JSON object in folder/name (a regular file inside the folder), or an error naming the file."""
     path = Path(folder) / name
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise ValueError(f"{path} is a link or not a regular file; a checkpoint's files must be plain files")
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
-    if (size := path.stat().st_size) > max_bytes:
-        raise ValueError(f"{path} holds {size:,} bytes, more than the {max_bytes:,} such a file can need")
-    return path
-
-
-def _json_file(folder, name, max_bytes=MAX_JSON_BYTES):
-    """The JSON object in folder/name, or an error naming the file."""
-    path = _regular_file(folder, name, max_bytes)
-    try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    value = read_json_file(path, max_bytes, inside=folder)
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, not a {type(value).__name__}")
     return value
@@ -1980,33 +1968,6 @@ def _field(path, value, name, kind, check=None, allowed=""):
 
 def _finite(value):
     return math.isfinite(value)
-
-
-def _safetensors_header(path, expected, because=""):
-    """Check a safetensors file's header against {name: (dtype, shape)} before any tensor is read."""
-    with open(path, "rb") as f:
-        start = f.read(8)
-        header_size = int.from_bytes(start, "little") if len(start) == 8 else -1
-        if not 0 < header_size <= MAX_JSON_BYTES:
-            raise ValueError(f"{path} is not a safetensors file: its header length {header_size} is not plausible")
-        try:
-            header = json.loads(f.read(header_size).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise ValueError(f"{path} is not a safetensors file: unreadable header ({err})") from err
-    if not isinstance(header, dict):
-        raise ValueError(f"{path} is not a safetensors file: its header is not an object")
-    header.pop("__metadata__", None)
-    if set(header) != set(expected):
-        raise ValueError(f"{path} holds tensors {sorted(header)}, expected exactly {sorted(expected)}")
-    end = 0
-    for name, (dtype, shape) in expected.items():
-        entry = header[name]
-        if not isinstance(entry, dict) or entry.get("dtype") != dtype or entry.get("shape") != list(shape):
-            raise ValueError(f"{path}: tensor {name!r} is {str(entry)[:80]}, expected {dtype} of shape {list(shape)}"
-                             + (f" ({because})" if because else ""))
-        end = max(end, entry["data_offsets"][1] if isinstance(entry.get("data_offsets"), list) else -1)
-    if path.stat().st_size != 8 + header_size + end:
-        raise ValueError(f"{path} has {path.stat().st_size:,} bytes, not the {8 + header_size + end:,} its header says")
 
 
 def has_ngram_model(folder):
@@ -2030,11 +1991,10 @@ def save_ngram_model(folder, model, c=None):
 
 def load_ngram_model(folder):
     """The n-gram model of a checkpoint, every file checked (kind, size, fields, shapes) before it is used."""
-    from safetensors.numpy import load as safetensors_load
 
     folder = Path(folder)
     path = folder / NGRAM_CONFIG_FILE
-    config = _json_file(folder, NGRAM_CONFIG_FILE)
+    config = _json_object(folder, NGRAM_CONFIG_FILE)
     if (extra := sorted(set(config) - {"format", "n_ngrams", "max_n", "c", "bias"})):
         raise ValueError(f"{path}: unknown fields {extra}")
     _field(path, config, "format", int, lambda v: v == 1, "1")
@@ -2044,15 +2004,20 @@ def load_ngram_model(folder):
     c = config.get("c")
     if c is not None:
         c = _field(path, config, "c", float, lambda v: _finite(v) and v > 0, "a number > 0, or null")
-    weights_path = _regular_file(folder, NGRAM_WEIGHTS_FILE, 12 * n + (1 << 16))
-    _safetensors_header(weights_path, {"ratios": ("F32", (n,)), "weights": ("F64", (n,))},
-                        because=f"n_ngrams = {n} in {NGRAM_CONFIG_FILE}")
-    tensors = safetensors_load(weights_path.read_bytes())
-    if not all(np.isfinite(tensors[name]).all() for name in tensors):
+    weights_path = folder / NGRAM_WEIGHTS_FILE
+    if not weights_path.exists() and not weights_path.is_symlink():
+        raise FileNotFoundError(f"checkpoint {folder} lacks {NGRAM_WEIGHTS_FILE}")
+    tensors = read_safetensors(weights_path, {"ratios": ("F32", (n,)), "weights": ("F64", (n,))},
+                               max_bytes=12 * n + (1 << 16), inside=folder, against=f"n_ngrams = {n} in {path.name}")
+    ratios, weights = tensors["ratios"].numpy(), tensors["weights"].numpy()
+    if not (np.isfinite(ratios).all() and np.isfinite(weights).all()):
         raise ValueError(f"{weights_path}: the ratios or weights hold a value that is not finite")
-    ngrams_path = _regular_file(folder, NGRAMS_FILE, 64 * n * max_n)
+    ngrams_path = folder / NGRAMS_FILE
+    if not ngrams_path.exists() and not ngrams_path.is_symlink():
+        raise FileNotFoundError(f"checkpoint {folder} lacks {NGRAMS_FILE}")
+    data = read_regular_file(ngrams_path, 64 * n * max_n, inside=folder)
     try:
-        lines = ngrams_path.read_bytes().decode("utf-8").split("\n")
+        lines = data.decode("utf-8").split("\n")
     except UnicodeDecodeError as err:
         raise ValueError(f"{ngrams_path} is not UTF-8 text (byte {err.start})") from err
     if lines[-1] != "" or len(lines) - 1 != n:
@@ -2066,7 +2031,7 @@ def load_ngram_model(folder):
                              "single spaces between them")
         if index.setdefault(ngram, number - 1) != number - 1:
             raise ValueError(f"{ngrams_path}, line {number}: {ngram[:60]!r} repeats line {index[ngram] + 1}")
-    return NgramModel(index, tensors["ratios"], tensors["weights"], bias, max_n, c=c)
+    return NgramModel(index, ratios, weights, bias, max_n, c=c)
 
 
 COMBINATION_RULES = {
@@ -2097,7 +2062,7 @@ def save_combiner(folder, rule, weights, bias):
 def load_combiner(folder):
     """(rule, weights, bias) of a checkpoint's combination, checked field by field."""
     path = Path(folder) / COMBINER_FILE
-    config = _json_file(folder, COMBINER_FILE)
+    config = _json_object(folder, COMBINER_FILE)
     if (extra := sorted(set(config) - {"format", "rule", "features", "weights", "bias"})):
         raise ValueError(f"{path}: unknown fields {extra}")
     _field(path, config, "format", int, lambda v: v == 1, "1")

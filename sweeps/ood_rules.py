@@ -16,6 +16,9 @@ share of its n-grams that the n-gram model saw in training: its coverage) and wr
                                    only reported on (IMDB test, Yelp, Usenet: nothing is chosen on these)
     figures/ood_rules_summary.csv  per rule: the means over the runs, and each set's paired difference from the
                                    plain stacked rule (two noises)
+    figures/ood_coverage.csv       per set, its reviews split at their median coverage (in each run): each model's
+                                   accuracy on the half with fewer and the half with more n-grams seen in training,
+                                   the mean over the runs: does the n-grams' deficit follow unseen n-grams?
 
 The roles of the sets: Amazon is the development set (a choice may look at it, and says so); Yelp and Usenet
 are for evaluation only. The rule is chosen by choose_rule() from the validation and Amazon columns alone.
@@ -168,6 +171,24 @@ def main(argv=None):
                         f"{a}_minus_{b}_t": comparison.t, f"{a}_minus_{b}_beyond_noise": comparison.beyond_noise})
         summary_rows.append(row)
     write_csv(out / "ood_seeds_summary.csv", summary_rows)
+
+    coverage_rows = []
+    for name in ("test",) + OOD:
+        for half in ("fewer seen", "more seen"):
+            figures = {m: [] for m in MODELS}
+            shares, sizes = [], []
+            for _, _, logits in runs:
+                coverage = logits[f"{name}_coverage"]
+                chosen = coverage < np.median(coverage) if half == "fewer seen" else coverage >= np.median(coverage)
+                labels = logits[f"{name}_labels"].astype(bool)[chosen]
+                for m in MODELS:
+                    figures[m].append(float(np.mean((logits[f"{name}_{m}"][chosen] >= 0) == labels)))
+                shares.append(float(coverage[chosen].mean()))
+                sizes.append(int(chosen.sum()))
+            coverage_rows.append({"set": name, "half": half, "n_reviews": int(np.mean(sizes)),
+                                  "mean_coverage": float(np.mean(shares)),
+                                  **{f"{m}_acc": float(np.mean(figures[m])) for m in MODELS}})
+    write_csv(out / "ood_coverage.csv", coverage_rows)
 
     rule_rows, rights_by_rule = [], {}
     for rule, (kind, power, with_amazon) in RULES.items():

@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 import helpers  # noqa: E402
 
 # Settings that say only where a run reads or writes; any other injected value makes a run non-default.
-LOCATION_PARAMETERS = ("imdb_archive", "run_dir")
+LOCATION_PARAMETERS = ("imdb_archive", "run_dir", "ood_data")
 
 
 def publish_notebook(executed, destination):
@@ -60,7 +60,8 @@ def publish_notebook(executed, destination):
             if "image/png" in output.get("data", {}):
                 output["data"]["image/png"] = compact_png(output["data"]["image/png"])
     text = json.dumps(notebook)
-    paths = [str(helpers.REPO_DIR), str(Path.home()), str(injected.get("imdb_archive", ""))]
+    paths = [str(helpers.REPO_DIR), str(Path.home()), str(injected.get("imdb_archive", "")),
+             str(injected.get("ood_data", ""))]
     if Path(str(injected.get("run_dir", ""))).is_absolute():
         paths.append(str(injected["run_dir"]))
     found = sorted({p for p in paths if len(p) > 1 and (p in text or json.dumps(p)[1:-1] in text)})

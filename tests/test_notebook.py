@@ -474,9 +474,10 @@ def test_the_lesson_fits_a_class_a_route_optional_marks_and_folded_answers():
         assert "(*optional" in text.splitlines()[0] or "(*run it; reading optional*)" in text, heading
     questions = [i for i, t in enumerate(markdown) if t.startswith("### Check your understanding")]
     assert len(questions) == 2
-    for i in questions:
-        asked = re.findall(r"^\d+\. ", markdown[i], flags=re.M)
-        answers = markdown[i + 1]
+    for i in questions:  # the questions, then their answers folded below them in the same cell
+        questions_text, folded, answers = markdown[i].partition("<details>")
+        asked = re.findall(r"^\d+\. ", questions_text, flags=re.M)
+        answers = folded + answers
         assert answers.startswith("<details>") and answers.rstrip().endswith("</details>")
         assert re.findall(r"^\d+\. ", answers, flags=re.M) == asked
     assert markdown[-1].startswith("<details>") and "ANSWERS_PLACEHOLDER" not in markdown[-1]
