@@ -283,3 +283,34 @@ def test_freed_memory_is_handed_back_above_the_mark_and_kept_below_it(monkeypatc
     assert helpers.return_freed_memory(above_mib=1e9) is False and trims == []  # far below: no trim, no cost
     assert helpers.return_freed_memory(above_mib=1.0) is True and trims == [0]  # above: malloc_trim(0)
     assert helpers.return_freed_memory() is True and trims == [0, 0]  # no mark: always
+
+
+def test_fit_records_each_epochs_validation_loss_of_the_weights_that_epoch_trained(tmp_path):
+    """Issue 33: history["valid_loss"][k] is the loss of the weights after k + 1 epochs of training, the
+    weights early stopping saves for it; a fit that validated before training would lag one epoch."""
+    valid = helpers.BucketBatches(*_toy_data(32, seed=1), 16)
+    loss_fn, weights_after = torch.nn.BCEWithLogitsLoss(), []
+    space = namespace("train_epoch", "evaluate", "fit", time=time)
+    train_epoch = space["train_epoch"]
+
+    def train_epoch_and_keep_the_weights(model, *args, **kwargs):
+        result = train_epoch(model, *args, **kwargs)
+        weights_after.append({k: v.clone() for k, v in model.state_dict().items()})
+        return result
+
+    space["train_epoch"] = train_epoch_and_keep_the_weights
+    helpers.set_seed(0)
+    model = TinyModel(vocab_size=20)
+    history, stopper, _ = space["fit"](
+        model, torch.optim.Adam(model.parameters(), lr=0.02), helpers.BucketBatches(*_toy_data(), 8, shuffle=True),
+        valid, loss_fn, n_epochs=3, patience=3, clip_norm=1.0, device="cpu", checkpoint_dir=tmp_path / "ck",
+        vocab=None, checkpoint_config={})
+    assert len(weights_after) == len(history["valid_loss"]) == 3
+    losses = []
+    for weights in weights_after:
+        model.load_state_dict(weights)
+        losses.append(space["evaluate"](model, valid, loss_fn, "cpu")[0])
+    assert history["valid_loss"] == pytest.approx(losses, abs=1e-6)
+    assert len(set(losses)) == 3  # each epoch's weights have their own loss: a lag would show
+    saved = helpers.read_weights(tmp_path / "ck")
+    assert all(torch.equal(saved[k], weights_after[stopper.best_epoch - 1][k]) for k in saved)
