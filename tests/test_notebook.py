@@ -508,7 +508,8 @@ def test_the_saved_validation_logits_are_those_of_the_best_epochs_weights(sample
 
 @pytest.mark.notebook
 def test_best_valid_acc_is_the_best_epochs_validation_accuracy(sample_run):
-    """Issue 33: best_valid_acc feeds the sweep summaries and the exercises' answers."""
+    """Issue 33: best_valid_acc feeds the sweep summaries and the exercises' answers. (The sample run's two epochs
+    have one validation accuracy, so this cannot tell them apart; test_training.py reads the metrics cell.)"""
     metrics = json.loads((sample_run[0] / "metrics.json").read_text())
     history = metrics["history"]
     assert metrics["best_valid_acc"] == history["valid_acc"][metrics["best_epoch"] - 1]

@@ -1,5 +1,6 @@
 """The notebook's own model, training step, evaluation pass, early stopping and predict_review."""
 
+import ast
 import time
 
 import numpy as np
@@ -314,3 +315,17 @@ def test_fit_records_each_epochs_validation_loss_of_the_weights_that_epoch_train
     assert len(set(losses)) == 3  # each epoch's weights have their own loss: a lag would show
     saved = helpers.read_weights(tmp_path / "ck")
     assert all(torch.equal(saved[k], weights_after[stopper.best_epoch - 1][k]) for k in saved)
+
+
+def test_the_recorded_best_valid_acc_is_read_at_the_best_epoch_not_the_last():
+    """Issue 33: best_valid_acc feeds the sweep summaries and the exercises' answers. The sample run's two
+    epochs have the same validation accuracy, so tests/test_notebook.py's check of the saved figure cannot
+    tell the epochs apart: this reads what the metrics cell records."""
+    source = cell_containing('"best_valid_acc":')
+    (record,) = (node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Dict)
+                 and {"best_valid_acc", "history"} <= {k.value for k in node.keys if isinstance(k, ast.Constant)})
+    values = {k.value: ast.unparse(v) for k, v in zip(record.keys, record.values, strict=True)
+              if isinstance(k, ast.Constant)}
+    assert values["best_valid_acc"].startswith("history['valid_acc'][stopper.best_epoch - 1] if ")
+    assert values["best_valid_loss"].startswith("stopper.best_loss if ")
+    assert values["best_epoch"].startswith("stopper.best_epoch if ")
