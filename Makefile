@@ -38,13 +38,17 @@ OOD_DATA ?=
 # Jupyter looks in the user's folders before the environment's; a kernel named sentiment-lstm
 # registered elsewhere must not shadow the one in .venv.
 export JUPYTER_PREFER_ENV_PATH := 1
+# torch's threads sleep while they wait instead of spinning: runs that share cores (JOBS=2, a parallel
+# `make test`, several kernels) otherwise starve each other. OMP_WAIT_POLICY=ACTIVE make ... overrides it.
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install lock run exercise test bench lint lab sweep sweep-summary publish clean clean-cache
+.PHONY: help install lock run exercise test check bench lint lab sweep sweep-summary publish clean clean-cache
 
 help:
 	@echo "make run      train and evaluate with the default parameters; results in a new runs/<time>/"
 	@echo "make exercise the lesson at the exercises' size (PARAMS='-p cell gru' adds an exercise's change)"
 	@echo "make test     lint, unit tests and notebook tests on the bundled sample"
+	@echo "make check    lint and the unit tests that start no notebook: the fast tier, for the edit loop"
 	@echo "make bench    speed and memory: training throughput, predict_review latency; writes figures/benchmark.json"
 	@echo "make lab      open JupyterLab with the project's kernel"
 	@echo "make lock     rewrite requirements.lock (every installed package, with hashes) from requirements.txt"
@@ -84,7 +88,7 @@ $(VENV)/.installed: $(REQUIREMENTS).lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "error: $(PYTHON) could not make a venv: is it a working Python of those $(STACK) supports? (On Debian, venv needs: apt install python3-venv.) Set PYTHON=... to another one"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(REQUIREMENTS).lock
-	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 ($(KERNEL))" >/dev/null
+	$(BIN)/python -m ipykernel install --sys-prefix --env OMP_WAIT_POLICY PASSIVE --name $(KERNEL) --display-name "Python 3 ($(KERNEL))" >/dev/null
 	@touch $@
 
 # Rewrite requirements.lock from requirements.txt: every package the stack installs, pinned with hashes
@@ -121,6 +125,10 @@ exercise:
 
 test: install
 	VENV=$(VENV) bash tests/run_tests.sh
+
+# The fast tier, for the edit loop: ruff and every test not marked `notebook` (none starts a kernel).
+check: install
+	VENV=$(VENV) bash tests/run_tests.sh --check
 
 # Not part of `make test`: it prints measured figures, it does not pass or fail on them.
 bench: install

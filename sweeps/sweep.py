@@ -286,8 +286,10 @@ def papermill_execute(run_dir, parameters, threads, repo=REPO):
     command = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / "sentiment_lstm.ipynb"),
                "-k", KERNEL, "--cwd", str(repo), "--no-progress-bar", "-y",
                yaml.safe_dump({**parameters, "run_dir": str(run_dir)})]
-    # The kernel registered in this environment's .venv, not a same-named one of the user's.
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), JUPYTER_PREFER_ENV_PATH="1")
+    # The kernel registered in this environment's .venv, not a same-named one of the user's. Threads that wait
+    # sleep (OMP_WAIT_POLICY) unless the user says otherwise: spinning ones starve the other runs on the cores.
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), JUPYTER_PREFER_ENV_PATH="1",
+               OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY") or "PASSIVE")
     # A Dask nanny sets this for its worker; inherited by a run, it made training about 20 % slower.
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     result = subprocess.run(command, env=env, capture_output=True, text=True)

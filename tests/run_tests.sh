@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` runs it: lint, unit tests, papermill runs and nbval.
+# --check: the fast tier, as `make check` runs it: lint and the tests not marked `notebook` (no kernel).
 # VENV=.venv-current runs it on the current stack (`make test STACK=current` sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${VENV:-.venv}/bin
 # the kernel sentiment-lstm registered inside that venv, not one of the same name elsewhere
 export JUPYTER_PREFER_ENV_PATH=1
+# torch's threads sleep while they wait: the runs below share the cores (see the README's "Tests")
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
 echo "== ruff"
 $bin/ruff check helpers.py tests notebooks sweeps
+
+if [ "${1:-}" = "--check" ]; then
+    echo "== pytest: the tests that need no notebook run"
+    exec $bin/python -m pytest tests -m "not notebook" -q
+fi
 
 echo "== a tiny copy of the notebook for nbval"
 # papermill only injects the tiny settings here; nbval executes the copy and compares the
@@ -20,6 +28,29 @@ $bin/papermill --prepare-only notebooks/sentiment_lstm.ipynb "$nbval/sentiment_l
     -k sentiment-lstm -p use_sample True -p n_epochs 1 -p embedding_dim 8 -p hidden_dim 8 \
     -p max_vocab_size 2000 -p run_dir "$PWD/$nbval/run"
 
-echo "== pytest (unit tests, papermill runs, nbval)"
-$bin/python -m pytest tests "$nbval/sentiment_lstm_tiny.ipynb" \
-    --nbval-lax --nbval-kernel-name sentiment-lstm
+# Two pytest processes at once where there are two cores or more, each with half of them: the lesson's
+# notebook tests (tests/test_notebook.py, about half of the suite's time), and everything else with nbval.
+# They share no files: each test has its own folders, and the cache under data/cache is written atomically.
+cores=$($bin/python -c "import os; print(len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count())")
+if [ "$cores" -lt 2 ]; then
+    echo "== pytest (unit tests, papermill runs, nbval)"
+    exec $bin/python -m pytest tests "$nbval/sentiment_lstm_tiny.ipynb" \
+        --nbval-lax --nbval-kernel-name sentiment-lstm
+fi
+threads=$(( cores / 2 ))
+log="$nbval/test_notebook.log"
+echo "== pytest, two at once with $threads torch thread(s) each: tests/test_notebook.py (its output: $log, shown"
+echo "   when it ends) and the rest (unit tests, papermill runs, nbval)"
+OMP_NUM_THREADS=$threads $bin/python -m pytest tests/test_notebook.py >"$log" 2>&1 &
+notebook_pid=$!
+status=0
+OMP_NUM_THREADS=$threads $bin/python -m pytest tests --ignore=tests/test_notebook.py \
+    "$nbval/sentiment_lstm_tiny.ipynb" --nbval-lax --nbval-kernel-name sentiment-lstm || status=$?
+notebook_status=0
+wait "$notebook_pid" || notebook_status=$?
+echo "== pytest tests/test_notebook.py"
+cat "$log"
+if [ "$status" -ne 0 ] || [ "$notebook_status" -ne 0 ]; then
+    echo "FAILED: the rest exited with $status, tests/test_notebook.py with $notebook_status"
+    exit 1
+fi

@@ -99,6 +99,7 @@ def test_a_safetensors_file_with_a_wrong_name_shape_or_dtype_is_refused_naming_i
         helpers.load_weights(TinyModel(), helpers.read_weights(tmp_path / "ck"))
 
 
+@pytest.mark.notebook
 def test_the_notebooks_init_checkpoint_refuses_a_crafted_checkpoint(tmp_path):
     folder = crafted_checkpoint(tmp_path / "ck", tmp_path / "marker")
     with pytest.raises(papermill.PapermillExecutionError, match="UntrustedCheckpointError"):

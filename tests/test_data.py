@@ -226,3 +226,27 @@ def test_only_gzip_is_read_whatever_the_name_says(tmp_path):
 def test_a_folder_given_as_the_archive_is_called_a_folder(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder"):
         helpers.extract_imdb(tmp_path, tmp_path / "data")
+
+
+def _label_of_each_review_by_its_folder(root, split):
+    """{text: 1 for pos/, 0 for neg/} read straight from the files, not through read_imdb."""
+    return {path.read_text(encoding="utf-8"): int(folder == "pos")
+            for folder in ("neg", "pos") for path in (root / split / folder).glob("*.txt")}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_label_of_the_sample_is_the_folder_its_review_came_from(split):
+    """Issue 33: a test split read with flipped labels inverted every test figure, and nothing noticed."""
+    texts, labels = helpers.read_imdb(helpers.SAMPLE_DIR, split)
+    by_folder = _label_of_each_review_by_its_folder(helpers.SAMPLE_DIR, split)
+    assert len(texts) == len(by_folder) == 200  # 100 of each label, every text distinct
+    assert labels == [by_folder[text] for text in texts]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_label_of_the_archive_is_its_folder_and_its_word(tiny_archive, tmp_path, split):
+    root = helpers.prepare_imdb(tiny_archive, data_dir=tmp_path / "data")
+    texts, labels = helpers.read_imdb(root, split)
+    assert labels == [0, 0, 1, 1]
+    assert labels == [_label_of_each_review_by_its_folder(root, split)[text] for text in texts]
+    assert labels == [int("great" in text) for text in texts]  # imdb_files: positive reviews say great

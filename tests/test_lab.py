@@ -394,11 +394,13 @@ def markdown(notebook):
     return " ".join(" ".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown").split())
 
 
+@pytest.mark.notebook
 def test_the_lab_runs_in_under_a_minute(lab_run):
     _, seconds = lab_run
     assert seconds < 60
 
 
+@pytest.mark.notebook
 def test_the_lab_prints_the_comparisons_the_csvs_give(lab_run):
     text = printed(lab_run[0])
     lstm, ngram = column("baseline_seeds.csv", "lstm_test_acc"), column("baseline_seeds.csv", "ngram_test_acc")
@@ -413,6 +415,7 @@ def test_the_lab_prints_the_comparisons_the_csvs_give(lab_run):
             + verdict_line([100 * (a - b) for a, b in zip(adversarial, default, strict=True)])) in text
 
 
+@pytest.mark.notebook
 def test_the_lab_judges_the_averaging_window_from_its_csv_alone_and_among_the_four(lab_run):
     text = printed(lab_run[0])
     rows = [r for r in read_rows(FIGURES / "sweep_ablation_seeds_averaging.csv")
@@ -440,6 +443,7 @@ def test_the_lab_judges_the_averaging_window_from_its_csv_alone_and_among_the_fo
             assert ratio < scipy_stats.t.ppf(1 - 0.05 / 8, n - 1), (r["epochs_averaged"], metric)
 
 
+@pytest.mark.notebook
 def test_the_lab_says_max_and_mean_poolings_loss_is_narrowly_beyond_noise(lab_run):
     notebook = lab_run[0]
     runs = read_rows(FIGURES / "sweep_ablation_seeds_summary.csv")
@@ -451,6 +455,7 @@ def test_the_lab_says_max_and_mean_poolings_loss_is_narrowly_beyond_noise(lab_ru
     assert "0.0090 ± 0.0021: 4.37 SE, narrowly beyond the 4.30 that three seeds need" in markdown(notebook)
 
 
+@pytest.mark.notebook
 def test_the_lab_says_the_combination_beats_the_ngrams_beyond_noise_on_the_test_reviews_only(lab_run):
     notebook, runs = lab_run[0], read_rows(FIGURES / "baseline_seeds.csv")
     for split, verdict in (("valid", "within noise"), ("test", "beyond noise")):
@@ -465,6 +470,7 @@ def test_the_lab_says_the_combination_beats_the_ngrams_beyond_noise_on_the_test_
     assert "not measurably less accurate" in text
 
 
+@pytest.mark.notebook
 def test_the_lab_states_the_memory_goal_and_the_measured_peaks(lab_run):
     notebook = lab_run[0]
     adversarial = read_rows(FIGURES / "adversarial_seeds.csv")
@@ -477,6 +483,7 @@ def test_the_lab_states_the_memory_goal_and_the_measured_peaks(lab_run):
     assert f"peaked at {peaks[0]:,} to {peaks[-1]:,} MiB, above the project's goal of a 2 GiB (2,048 MiB) peak" in text
 
 
+@pytest.mark.notebook
 def test_the_lab_counts_the_exercise_verdicts_that_change(lab_run):
     text = printed(lab_run[0])
     runs = read_rows(FIGURES / "sweep_exercises_summary.csv")
@@ -485,6 +492,7 @@ def test_the_lab_counts_the_exercise_verdicts_that_change(lab_run):
     assert "ex1-last-pooling minus baseline (points): " + verdict_line(diffs) in text
 
 
+@pytest.mark.notebook
 def test_the_count_of_changed_verdicts_is_computed_once_and_agrees_with_the_table(lab_run):
     notebook = lab_run[0]
     [(changed, total, by_allowing)] = re.findall(
@@ -515,6 +523,7 @@ def numbers(text):
         yield float(whole.replace(",", "") + fraction), max(len(fraction) - 1, 0), match.group(0).lstrip("+−-")
 
 
+@pytest.mark.notebook
 def test_every_number_in_the_prose_is_one_the_code_printed(lab_run):
     """A figure in a markdown cell must appear, to its rounding, among the figures the code cells printed."""
     notebook = lab_run[0]

@@ -73,6 +73,7 @@ TINY = dict(use_sample=True, n_epochs=2, embedding_dim=8, hidden_dim=8, max_voca
 
 
 @pytest.mark.parametrize("name", OPTION_SWEEPS)
+@pytest.mark.notebook
 def test_each_option_runs_end_to_end_on_the_sample_through_its_sweeps_edits(name, tmp_path):
     notebook = sweep.edited_notebook(sweep_edits(name), tmp_path / "edited.ipynb")
     run_dir = tmp_path / "run"

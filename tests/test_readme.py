@@ -111,7 +111,7 @@ def versus_baseline(model):
 
 
 def test_the_readme_is_a_front_door_of_about_250_lines():
-    assert len(README.splitlines()) <= 255
+    assert len(README.splitlines()) <= 267  # 255, and issue 33's tests section
 
 
 def test_the_t_rule_is_the_t_distribution_with_two_degrees_of_freedom():

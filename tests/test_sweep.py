@@ -15,6 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sweeps"))
 
+import stats  # noqa: E402
 import sweep  # noqa: E402
 
 import helpers  # noqa: E402
@@ -126,6 +127,7 @@ def test_the_cli_exits_non_zero_and_names_failed_runs(tmp_path, monkeypatch, cap
     assert "1 run(s) failed: hidden_dim-8" in capsys.readouterr().err
 
 
+@pytest.mark.notebook
 def test_the_smoke_sweep_runs_the_real_notebook_on_the_sample(tmp_path):
     assert "pooling" in sweep.notebook_parameters()  # names come from the notebook's parameters cell
     sweep_dir, failed = sweep.run_sweep(REPO / "sweeps" / "smoke.yaml", tmp_path / "runs", jobs=2)
@@ -197,6 +199,7 @@ def test_an_edit_must_find_its_text_exactly_once(tmp_path):
             sweep.edited_notebook({"find": text, "replace": "x"}, tmp_path / "bad.ipynb")
 
 
+@pytest.mark.notebook
 def test_every_exercise_runs_on_the_sample(tmp_path):
     """The exercises' sweep file, with its full-data base swapped for tiny settings on the sample."""
     name, runs = "exercises", ["baseline", "ex1-lstm-last", "ex1-gru-max", "ex1-gru-last", "ex1-rnn-max",
@@ -522,3 +525,26 @@ def test_the_committed_sweep_files_with_edits_may_run_them():
     for name in committed:
         path = REPO / "sweeps" / name
         sweep.check_code_edits(sweep.read_sweep_file(path), path)  # raises if refused
+
+
+def test_the_unpaired_verdict_uses_welchs_degrees_of_freedom_where_the_spreads_differ(tmp_path):
+    """Issue 33: with equal spreads no verdict told Welch's degrees of freedom from n - 1's.
+
+    Here the reference's seeds spread by 0.001 and the other's by 0.002: Welch gives 2.94 degrees of freedom
+    (t = 3.22), n - 1 would give 2 (t = 4.30), and the difference is 3.87 standard errors: beyond noise only
+    with Welch's.
+    """
+    accuracies = {"default": [0.600, 0.601, 0.602], "wide": [0.604, 0.606, 0.608]}
+    runs, rows = {}, []
+    for config, values in accuracies.items():
+        for seed, value in zip((1, 2, 3), values, strict=True):
+            name = f"{config}_seed-{seed}"
+            runs[name] = {"seed": seed, **({"hidden_dim": 16} if config == "wide" else {})}
+            rows.append({"run": name, "status": "ok", "valid_acc": value})
+    summary = {row["config"]: row for row in sweep.summarise_by_configuration(tmp_path, runs, rows, ["hidden_dim"])}
+    wide = summary["wide"]
+    ratio = wide["valid_acc_vs_reference"] / wide["vs_reference_se"]
+    df = stats.welch_degrees_of_freedom(0.002, 3, 0.001, 3)
+    assert df == pytest.approx(2.941, abs=1e-3) and ratio == pytest.approx(3.873, abs=1e-3)
+    assert stats.t_quantile(df) < ratio < stats.t_quantile(3 - 1)  # the two rules disagree here
+    assert wide["beyond_noise"] == "yes"

@@ -31,6 +31,9 @@ sys.path.insert(0, str(REPO / "sweeps"))
 
 import sweep  # noqa: E402
 
+# Every test here starts a Dask cluster, and most run the notebook on its workers: make test only.
+pytestmark = pytest.mark.notebook
+
 DASK = Path(sys.executable).with_name("dask")
 TINY = {"use_sample": True, "n_epochs": 1, "embedding_dim": 8, "hidden_dim": 8,
         "max_vocab_size": 2000, "max_length": 200, "ig_steps": 8}

@@ -1,5 +1,6 @@
 """The notebook's own model, training step, evaluation pass, early stopping and predict_review."""
 
+import ast
 import time
 
 import numpy as np
@@ -300,3 +301,48 @@ def test_freed_memory_is_handed_back_above_the_mark_and_kept_below_it(monkeypatc
     assert helpers.return_freed_memory(above_mib=1e9) is False and trims == []  # far below: no trim, no cost
     assert helpers.return_freed_memory(above_mib=1.0) is True and trims == [0]  # above: malloc_trim(0)
     assert helpers.return_freed_memory() is True and trims == [0, 0]  # no mark: always
+
+
+def test_fit_records_each_epochs_validation_loss_of_the_weights_that_epoch_trained(tmp_path):
+    """Issue 33: history["valid_loss"][k] is the loss of the weights after k + 1 epochs of training, the
+    weights early stopping saves for it; a fit that validated before training would lag one epoch."""
+    valid = helpers.BucketBatches(*_toy_data(32, seed=1), 16)
+    loss_fn, weights_after = torch.nn.BCEWithLogitsLoss(), []
+    space = namespace("train_epoch", "evaluate", "fit", time=time)
+    train_epoch = space["train_epoch"]
+
+    def train_epoch_and_keep_the_weights(model, *args, **kwargs):
+        result = train_epoch(model, *args, **kwargs)
+        weights_after.append({k: v.clone() for k, v in model.state_dict().items()})
+        return result
+
+    space["train_epoch"] = train_epoch_and_keep_the_weights
+    helpers.set_seed(0)
+    model = TinyModel(vocab_size=20)
+    history, stopper, _ = space["fit"](
+        model, torch.optim.Adam(model.parameters(), lr=0.02), helpers.BucketBatches(*_toy_data(), 8, shuffle=True),
+        valid, loss_fn, n_epochs=3, patience=3, clip_norm=1.0, device="cpu", checkpoint_dir=tmp_path / "ck",
+        vocab=None, checkpoint_config={})
+    assert len(weights_after) == len(history["valid_loss"]) == 3
+    losses = []
+    for weights in weights_after:
+        model.load_state_dict(weights)
+        losses.append(space["evaluate"](model, valid, loss_fn, "cpu")[0])
+    assert history["valid_loss"] == pytest.approx(losses, abs=1e-6)
+    assert len(set(losses)) == 3  # each epoch's weights have their own loss: a lag would show
+    saved = helpers.read_weights(tmp_path / "ck")
+    assert all(torch.equal(saved[k], weights_after[stopper.best_epoch - 1][k]) for k in saved)
+
+
+def test_the_recorded_best_valid_acc_is_read_at_the_best_epoch_not_the_last():
+    """Issue 33: best_valid_acc feeds the sweep summaries and the exercises' answers. The sample run's two
+    epochs have the same validation accuracy, so tests/test_notebook.py's check of the saved figure cannot
+    tell the epochs apart: this reads what the metrics cell records."""
+    source = cell_containing('"best_valid_acc":')
+    (record,) = (node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Dict)
+                 and {"best_valid_acc", "history"} <= {k.value for k in node.keys if isinstance(k, ast.Constant)})
+    values = {k.value: ast.unparse(v) for k, v in zip(record.keys, record.values, strict=True)
+              if isinstance(k, ast.Constant)}
+    assert values["best_valid_acc"].startswith("history['valid_acc'][stopper.best_epoch - 1] if ")
+    assert values["best_valid_loss"].startswith("stopper.best_loss if ")
+    assert values["best_epoch"].startswith("stopper.best_epoch if ")
