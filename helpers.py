@@ -1749,11 +1749,12 @@ def read_safetensors_header(f, path, file_size):
     return layout
 
 
-def read_safetensors(path, expected=None, max_bytes=MAX_WEIGHTS_BYTES, inside=None, against="its config.json"):
+def read_safetensors(path, expected=None, max_bytes=MAX_WEIGHTS_BYTES, inside=None, against="its config.json",
+                     implied_by="the config"):
     """The tensors of a safetensors file, its header checked before any tensor is made.
 
     expected: {name: (dtype, shape)} the file must hold exactly (names, dtypes and shapes), or None;
-    `against` names where those come from, for the error.
+    `against` and `implied_by` name where those come from, for the error.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load as safetensors_load
@@ -1765,7 +1766,7 @@ def read_safetensors(path, expected=None, max_bytes=MAX_WEIGHTS_BYTES, inside=No
             expected = {name: (dtype, tuple(shape)) for name, (dtype, shape) in expected.items()}
             problems = [f"missing {k}" for k in expected if k not in layout]
             problems += [f"unexpected {k}" for k in layout if k not in expected]
-            problems += [f"{k}: {layout[k][0]} {list(layout[k][1])}, {against} implies {v[0]} {list(v[1])}"
+            problems += [f"{k}: {layout[k][0]} {list(layout[k][1])}, {implied_by} implies {v[0]} {list(v[1])}"
                          for k, v in expected.items() if k in layout and layout[k] != v]
             if problems:
                 shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
@@ -2020,7 +2021,8 @@ def load_ngram_model(folder):
     if not weights_path.exists() and not weights_path.is_symlink():
         raise FileNotFoundError(f"checkpoint {folder} lacks {NGRAM_WEIGHTS_FILE}")
     tensors = read_safetensors(weights_path, {"ratios": ("F32", (n,)), "weights": ("F64", (n,))},
-                               max_bytes=12 * n + (1 << 16), inside=folder, against=f"n_ngrams = {n} in {path.name}")
+                               max_bytes=12 * n + (1 << 16), inside=folder, against=f"n_ngrams = {n} in {path.name}",
+                               implied_by="which")
     ratios, weights = tensors["ratios"].numpy(), tensors["weights"].numpy()
     if not (np.isfinite(ratios).all() and np.isfinite(weights).all()):
         raise ValueError(f"{weights_path}: the ratios or weights hold a value that is not finite")

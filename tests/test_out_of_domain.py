@@ -218,7 +218,7 @@ N = 20  # the n-grams of fitted_model (its test checks the count)
     ("ngram_weights.safetensors", lambda d: d[:-8], "the file holds"),
     ("ngram_weights.safetensors", lambda d: b"\xff" * 8 + d[8:], "header length"),
     ("ngram_weights.safetensors", _weights(np.zeros(N, np.float64), np.zeros(N, np.float64)),
-     "ratios: F64 \\[20\\], n_ngrams = 20 in ngram_model.json implies F32 \\[20\\]"),
+     "does not match n_ngrams = 20 in ngram_model.json: ratios: F64 \\[20\\], which implies F32 \\[20\\]"),
     ("ngram_weights.safetensors", _weights(np.zeros(N, np.float32), np.zeros(N + 1, np.float64)), "weights: F64"),
     ("ngram_weights.safetensors", _weights(np.zeros(N, np.float32), np.full(N, np.nan)), "not finite"),
 ])
@@ -271,10 +271,10 @@ def test_the_combination_round_trips_and_refuses_what_it_does_not_know(tmp_path)
 
 def test_predictions_csv_holds_the_combined_probability_and_both_parts(tmp_path):
     helpers.write_predictions(tmp_path / "p.csv", [1, 3], ["fine", 'say "hi"'], np.array([0.75, 0.2]),
-                              lstm=np.array([0.6, 0.1]), ngram=np.array([0.8, 0.45]))
-    assert (tmp_path / "p.csv").read_text().splitlines() == [
+                              lstm=np.array([0.6, 0.1]), ngram=np.array([0.8, 0.55]))
+    assert (tmp_path / "p.csv").read_text().splitlines() == [  # the label is the combined model's, not a part's
         "line,label,prob_positive,prob_lstm,prob_ngram,review",
-        '1,positive,0.750000,0.600000,0.800000,"fine"', '3,negative,0.200000,0.100000,0.450000,"say ""hi"""']
+        '1,positive,0.750000,0.600000,0.800000,"fine"', '3,negative,0.200000,0.100000,0.550000,"say ""hi"""']
 
 
 # --------------------------------------------------------------------------- the statistics of the record
