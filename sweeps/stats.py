@@ -204,3 +204,21 @@ def paired_two_noises(differences, scale=1.0, what="paired differences"):
     degrees = variance**2 / parts if parts > 0 else float(runs - 1)
     comparison = Comparison(float(run_means.mean()), math.sqrt(variance), runs, degrees=degrees)
     return comparison.scaled(scale), seed_se * abs(scale), set_se * abs(scale)
+
+
+def holm(p_values, level=LEVEL):
+    """Holm's step-down rule over one family of comparisons: which of them are beyond noise, and each one's
+    adjusted p-value (Holm 1979). Sorted ascending, the k-th smallest p (k = 1 ... m) must be at most
+    (1 - level) / (m - k + 1), and every smaller p must have passed too; the adjusted p is the running maximum
+    of (m - k + 1) x p. It controls the chance of any false "beyond noise" in the family, as Bonferroni does,
+    and is never stricter.
+    """
+    p = finite(p_values, "p-values")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted <= 1 - level, adjusted

@@ -442,7 +442,24 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default="",
                         help="a default run's checkpoint folder: predict_review is timed with its three models, and "
                              "its size and loading time are measured")
+    parser.add_argument("--prediction-only", action="store_true",
+                        help="only predict_review's latency and, with --checkpoint, the checkpoint's size and loading "
+                             "time (a minute), into --out")
     args = parser.parse_args(argv)
+    if args.prediction_only:
+        helpers.set_seed(0)
+        helpers.flush_denormal_floats()
+        device = helpers.choose_device(args.device)
+        params = default_parameters()
+        result = {"hardware": hardware(device),
+                  "prediction": prediction_speed(notebook_cells(), namespace("SentimentLSTM"), params,
+                                                 sample_vocab(params["max_vocab_size"]), device, args.calls,
+                                                 args.checkpoint)}
+        if args.checkpoint:
+            result["checkpoint"] = checkpoint_figures(args.checkpoint)
+        print(json.dumps(result, indent=2))
+        helpers.write_json(args.out, result)
+        return
     if args.stack_probe:
         print(json.dumps(stack_probe(args.steps, args.calls)))
         return

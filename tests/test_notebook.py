@@ -95,7 +95,7 @@ def test_predict_file_writes_one_row_per_review_and_reports_blank_lines(sample_r
     assert [row["line"] for row in rows] == ["1", "3", "4"]
     assert all(row["label"] in ("positive", "negative") and 0 < float(row["prob_positive"]) < 1 for row in rows)
     outputs = "".join("".join(o.get("text", "")) for c in notebook["cells"] for o in c.get("outputs", []))
-    assert "1 lines with no words (blank, or markup only) skipped: [2]" in outputs
+    assert "lines with no words (blank, or markup only) skipped: 1, among them [2]" in outputs
 
 
 def cell_outputs(notebook, code):

@@ -1,5 +1,6 @@
 """The out-of-domain sets' readers, the n-gram model and the combination as a checkpoint saves and serves them."""
 
+import csv
 import dataclasses
 import io
 import json
@@ -305,3 +306,56 @@ def test_a_difference_within_the_set_noise_is_not_beyond_noise_however_many_seed
     comparison, seed_se, set_se = stats.paired_two_noises(np.tile(one_run, (10, 1)))
     assert seed_se < 1e-12 and set_se > 0.05
     assert not comparison.beyond_noise  # a seeds-only verdict (SE 0) would have called it beyond noise
+
+
+def fake_run(folder, seed, rng, n=200):
+    """A finished run's metrics.json and logits.npz: an LSTM that knows the labels well out of domain, n-grams
+    that know them well on IMDB only."""
+    folder.mkdir(parents=True)
+    arrays, out_of_domain = {}, {}
+    for name, (lstm_noise, ngram_noise) in {"valid": (1.0, 0.8), "test": (1.0, 0.8), "amazon": (1.0, 3.0),
+                                            "yelp": (1.0, 3.0), "polarity": (1.5, 1.0)}.items():
+        labels = rng.integers(0, 2, n)
+        signal = 2.0 * labels - 1
+        arrays.update({f"{name}_labels": labels, f"{name}_lstm": signal + rng.normal(0, lstm_noise, n),
+                       f"{name}_ngram": signal + rng.normal(0, ngram_noise, n),
+                       f"{name}_coverage": rng.uniform(0.5, 1.0, n)})
+        arrays[f"{name}_combined"] = arrays[f"{name}_lstm"] + arrays[f"{name}_ngram"]
+        if name in ("amazon", "yelp", "polarity"):
+            out_of_domain[name] = {"role": "development" if name == "amazon" else "evaluation only"}
+    np.savez(folder / "logits.npz", **arrays)
+    (folder / "metrics.json").write_text(json.dumps({"params": {"seed": seed}, "out_of_domain": out_of_domain}))
+    return arrays
+
+
+def test_the_out_of_domain_record_is_each_runs_accuracies_and_their_paired_differences(tmp_path):
+    import ood_rules
+
+    rng = np.random.default_rng(0)
+    runs = {seed: fake_run(tmp_path / f"seed-{seed}", seed, rng) for seed in (42, 1, 2)}
+    ood_rules.main([str(tmp_path / f"seed-{seed}") for seed in runs] + ["--out", str(tmp_path / "out")])
+    rows = list(csv.DictReader(open(tmp_path / "out" / "ood_seeds.csv", encoding="utf-8")))
+    assert len(rows) == 12
+    for row in rows:
+        arrays = runs[int(row["seed"])]
+        labels = arrays[f"{row['set']}_labels"].astype(bool)
+        for model in ("ngram", "lstm", "combined"):
+            assert float(row[f"{model}_acc"]) == np.mean((arrays[f"{row['set']}_{model}"] >= 0) == labels)
+    summary = {row["set"]: row for row in csv.DictReader(open(tmp_path / "out" / "ood_seeds_summary.csv"))}
+    amazon = [float(r["lstm_acc"]) - float(r["ngram_acc"]) for r in rows if r["set"] == "amazon"]
+    assert float(summary["amazon"]["lstm_minus_ngram_points"]) == pytest.approx(100 * np.mean(amazon))
+    assert summary["amazon"]["lstm_minus_ngram_beyond_noise"] == "True"  # 1.0 against 3.0 noise: a clear lead
+    rules = list(csv.DictReader(open(tmp_path / "out" / "ood_rules_summary.csv", encoding="utf-8")))
+    assert sum(r["adopted"] == "True" for r in rules) == 1 and rules[-1]["rule"] == "LSTM alone"
+
+
+def test_holms_rule_matches_a_worked_example():
+    # p = 0.01, 0.04, 0.03, 0.005 (m = 4): sorted 0.005, 0.01, 0.03, 0.04 against 0.05/4, 0.05/3, 0.05/2, 0.05/1:
+    # the first two pass, 0.03 > 0.025 stops the rest. Adjusted: 0.02, 0.03, 0.06, 0.06 (running maximum).
+    beyond, adjusted = stats.holm([0.01, 0.04, 0.03, 0.005])
+    assert beyond.tolist() == [True, False, False, True]
+    assert adjusted.tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    bonferroni = [min(1, 4 * p) <= 0.05 for p in (0.01, 0.04, 0.03, 0.005)]
+    assert bonferroni == [True, False, False, True]  # here the same; never more than Holm
+    assert stats.holm([0.04, 0.04])[0].tolist() == [False, False] and stats.holm([0.02, 0.04])[0].tolist() == [True,
+                                                                                                               True]
