@@ -15,11 +15,12 @@ ln -s "$PWD/$venv" "$work/clone/$venv"
 ln -s "$PWD/../shared" "$work/shared" 2>/dev/null || true  # the out-of-domain sets, where the tests use them
 touch "$venv/.installed"  # newer than the clone's lock file: make does not reinstall
 cd "$work/clone"
-test -f "$out_csv" || echo "stack,target,seconds,commit" > "$out_csv"
+test -f "$out_csv" || echo "stack,target,seconds,tests,commit" > "$out_csv"
 for target in check test; do
     start=$(date +%s.%N)
-    make "$target" STACK="$stack" > "$work/$target.log" 2>&1 || { tail -30 "$work/$target.log"; exit 1; }
+    make "$target" STACK="$stack" > "$work/$target.log" 2>&1 || true
     seconds=$(echo "$(date +%s.%N) - $start" | bc)
-    echo "$stack,$target,$seconds,$(git rev-parse --short HEAD)" | tee -a "$out_csv"
-    tail -3 "$work/$target.log"
+    summary=$(grep -E "^=+ .*(passed|failed).* =+$" "$work/$target.log" | sed 's/=//g; s/^ *//; s/ *$//' | paste -sd ';' -)
+    echo "$stack,$target,$seconds,\"$summary\",$(git rev-parse --short HEAD)" | tee -a "$out_csv"
+    grep -E "^FAILED" "$work/$target.log" | head -20
 done
