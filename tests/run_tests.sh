@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as `make test` runs it: lint, unit tests, papermill runs and nbval.
-# --check: the fast tier, as `make check` runs it: lint and the tests not marked `notebook` (no kernel).
+# --check: the fast tier, as `make check` runs it: lint and the tests marked neither `notebook` (no kernel)
+# nor `slow` (a subprocess or a large file).
 # VENV=.venv-current runs it on the current stack (`make test STACK=current` sets it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,8 +15,8 @@ echo "== ruff"
 $bin/ruff check helpers.py tests notebooks sweeps
 
 if [ "${1:-}" = "--check" ]; then
-    echo "== pytest: the tests that need no notebook run"
-    exec $bin/python -m pytest tests -m "not notebook" -q
+    echo "== pytest: the tests that need no notebook run, and take under a second or two each"
+    exec $bin/python -m pytest tests -m "not notebook and not slow" -q
 fi
 
 echo "== a tiny copy of the notebook for nbval"

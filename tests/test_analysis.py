@@ -73,6 +73,7 @@ def test_a_perfectly_calibrated_model_has_almost_no_ece():
     assert helpers.expected_calibration_error(probs, labels)[0] < 0.005
 
 
+@pytest.mark.slow
 def test_fit_temperature_recovers_the_temperature_that_made_logits_overconfident():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, 50_000)

@@ -63,6 +63,7 @@ def test_a_pickle_named_like_safetensors_is_refused_as_unreadable(tmp_path):
     assert not (tmp_path / "marker").exists()
 
 
+@pytest.mark.slow
 def test_conversion_needs_the_user_to_say_they_trust_the_file(tmp_path):
     folder = crafted_checkpoint(tmp_path / "ck", tmp_path / "marker")
     with pytest.raises(helpers.UntrustedCheckpointError, match="trust_pickled_file=True"):
@@ -73,6 +74,7 @@ def test_conversion_needs_the_user_to_say_they_trust_the_file(tmp_path):
     assert not (tmp_path / "marker").exists() and (folder / "weights.pt").exists()
 
 
+@pytest.mark.slow
 def test_a_trusted_old_checkpoint_converts_to_the_same_weights(tmp_path):
     folder = lesson_checkpoint(tmp_path / "ck")
     original = helpers.read_weights(folder)
@@ -244,6 +246,7 @@ def test_an_oversized_file_is_refused_before_it_is_read(tmp_path, monkeypatch):
         helpers.load_checkpoint(folder)
 
 
+@pytest.mark.slow
 def test_convert_checkpoint_never_overwrites_an_existing_safetensors_file(tmp_path, tiny_model):
     folder = tmp_path / "ck"
     helpers.save_checkpoint(folder, tiny_model)

@@ -126,6 +126,7 @@ def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_lin
     assert "3 predictions" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_predict_review_file_streams_a_batch_at_a_time_and_writes_an_excerpt_of_each_review(tmp_path):
     """Issue 32: memory bounded by a batch, not the file; predictions.csv holds each review's start only."""
     import tracemalloc

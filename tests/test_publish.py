@@ -118,6 +118,7 @@ def test_compact_png_keeps_every_pixel():
     assert kept.mode == "RGBA" and np.asarray(kept)[0, 0, 3] == 10
 
 
+@pytest.mark.slow
 def test_the_command_line_publishes_a_default_run_and_refuses_another_with_a_message(tmp_path):
     script = [sys.executable, str(REPO / "sweeps" / "publish.py")]
     executed, destination = executed_copy(tmp_path, LOCATION), tmp_path / "published.ipynb"

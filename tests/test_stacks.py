@@ -113,6 +113,7 @@ def test_this_environment_uses_torchtext_exactly_where_it_can():
     assert isinstance(vocab, helpers._Vocab) != helpers.USE_TORCHTEXT
 
 
+@pytest.mark.slow
 def test_sentiment_no_torchtext_forces_the_built_in_path():
     code = ("import sys, helpers; v = helpers.build_vocab([['a', 'b', 'a']]); "
             "print(helpers.USE_TORCHTEXT, 'torchtext' in sys.modules, type(v).__name__, v.get_itos())")

@@ -136,6 +136,7 @@ def test_tokens_that_would_not_survive_the_text_format_are_not_cached(own_cache_
 
 
 
+@pytest.mark.slow
 def test_sentiment_cache_dir_moves_the_cache(tmp_path):
     code = ("import helpers; print(helpers.CACHE_DIR == helpers.tokenize_all.__defaults__[0] "
             "== helpers.pretrain_word_vectors.__defaults__[-1]); helpers.tokenize_all(['A film.']); "

@@ -38,11 +38,13 @@ def python(code, env_changes, **kwargs):
     return done.stdout
 
 
+@pytest.mark.slow
 def test_helpers_sets_a_passive_wait_before_torch_loads_and_keeps_one_already_set():
     assert python(SPY, {}).splitlines() == ["at import torch: PASSIVE"]
     assert python(SPY, {"OMP_WAIT_POLICY": "ACTIVE"}).splitlines() == ["at import torch: ACTIVE"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
 def test_torch_threads_are_lowered_to_the_cores_the_process_may_use():
     one_core = min(os.sched_getaffinity(0))

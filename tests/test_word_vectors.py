@@ -125,6 +125,7 @@ def test_peak_memory_is_reported_in_mib():
     assert 10 < peak["cpu_rss_mib"] < 1_000_000
 
 
+@pytest.mark.slow
 def test_counting_in_chunks_gives_exactly_the_counts_of_counting_in_one_go():
     # Real reviews from the sample, so that frequent and rare words, repeats ("very very") and
     # <unk> all occur; every number of chunks must give the same matrix, bit for bit.

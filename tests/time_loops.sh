@@ -20,7 +20,9 @@ for target in check test; do
     start=$(date +%s.%N)
     make "$target" STACK="$stack" > "$work/$target.log" 2>&1 || true
     seconds=$(echo "$(date +%s.%N) - $start" | bc)
-    summary=$(grep -E "^=+ .*(passed|failed).* =+$" "$work/$target.log" | sed 's/=//g; s/^ *//; s/ *$//' | paste -sd ';' -)
+    summary=$(grep -E "^=+ .*(passed|failed).* =+$" "$work/$target.log" | sed 's/=//g; s/^ *//; s/ *$//' \
+        | paste -sd ';' - || true)
     echo "$stack,$target,$seconds,\"$summary\",$(git rev-parse --short HEAD)" | tee -a "$out_csv"
-    grep -E "^FAILED" "$work/$target.log" | head -20
+    grep -E "^FAILED|^Error|error:" "$work/$target.log" | head -20 || true
+    cp "$work/$target.log" "${LOOP_LOGS:-/tmp}/time_loops_${stack}_${target}.log"
 done
