@@ -209,7 +209,7 @@ def test_the_out_of_domain_prose_says_what_the_records_show():
 
 def test_the_committed_run_table_is_figures_metrics_json():
     """A new committed run changes these rows: each is read from its metrics.json here, to be copied as shown."""
-    (table,) = [t for t in tables(section(RESULTS)) if t[0][0] == "the LSTM alone, test accuracy"]
+    (table,) = (t for t in tables(section(RESULTS)) if t[0][0] == "the LSTM alone, test accuracy")
     rows, m = dict(table), METRICS
     assert rows == {
         "the LSTM alone, test accuracy": f"{m['test_accuracy']:.4f}",
