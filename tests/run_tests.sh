@@ -40,16 +40,19 @@ if [ "$cores" -lt 2 ]; then
 fi
 threads=$(( cores / 2 ))
 log="$nbval/test_notebook.log"
-echo "== pytest, two at once with $threads torch thread(s) each: tests/test_notebook.py (its output: $log, shown"
+echo "== pytest, two at once with $threads torch thread(s) each: tests/test_notebook.py, test_lab.py and test_sweep_dask.py (output: $log, shown"
 echo "   when it ends) and the rest (unit tests, papermill runs, nbval)"
-OMP_NUM_THREADS=$threads $bin/python -m pytest tests/test_notebook.py >"$log" 2>&1 &
+# The first process also takes the lab and the Dask sweeps: with test_notebook.py alone beside the rest, the
+# rest took 400 s and it 195 s (figures/test_times.csv, 9ac898d).
+first=(tests/test_notebook.py tests/test_lab.py tests/test_sweep_dask.py)
+OMP_NUM_THREADS=$threads $bin/python -m pytest "${first[@]}" >"$log" 2>&1 &
 notebook_pid=$!
 status=0
-OMP_NUM_THREADS=$threads $bin/python -m pytest tests --ignore=tests/test_notebook.py \
+OMP_NUM_THREADS=$threads $bin/python -m pytest tests "${first[@]/#/--ignore=}" \
     "$nbval/sentiment_lstm_tiny.ipynb" --nbval-lax --nbval-kernel-name sentiment-lstm || status=$?
 notebook_status=0
 wait "$notebook_pid" || notebook_status=$?
-echo "== pytest tests/test_notebook.py"
+echo "== pytest ${first[*]}"
 cat "$log"
 if [ "$status" -ne 0 ] || [ "$notebook_status" -ne 0 ]; then
     echo "FAILED: the rest exited with $status, tests/test_notebook.py with $notebook_status"

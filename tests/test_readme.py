@@ -171,8 +171,9 @@ def test_the_prose_of_the_results_says_what_the_seeds_show():
     assert combined > 0 and combined_beyond
     assert "**The two combined are ahead of the baseline beyond noise**" in text
     on_valid, valid_se = paired(column(runs, "combined_valid_acc"), column(runs, "ngram_valid_acc"))
-    assert f"on the validation split, where the combination was fitted, by {signed(100 * on_valid)} ± " \
-           f"{100 * valid_se:.2f} points" in text
+    valid_verdict = "beyond noise" if 100 * (abs(on_valid) - T * valid_se) > 0 else "within noise"
+    assert (f"on the validation split, where the combination (a logistic regression on the two logits) was "
+            f"fitted, by {signed(100 * on_valid)} ± {100 * valid_se:.2f} points, {valid_verdict}") in text
     over_lstm, se = paired(column(runs, "combined_test_acc"), column(runs, "lstm_test_acc"))
     assert 100 * over_lstm - T * 100 * se > 0
     assert f"(and of the LSTM alone: {signed(100 * over_lstm)} ± {100 * se:.2f} points on test)" in text
@@ -497,3 +498,17 @@ def test_the_shared_cores_figures_are_the_records():
     assert f"stopped unfinished after {float(runs['two-spin20k-both']['seconds']):.1f} s" in text
     # the default's promise: two at once take at most about twice as long as one
     assert float(runs["two-passive-both"]["seconds"]) < 2 * float(runs["alone-passive"]["seconds"])
+
+
+def test_the_combined_models_speed_and_size_are_the_benchmarks():
+    """Issue 31: one 250-word review through the combination within 10 ms (p50, two threads); size and loading."""
+    bench = json.loads((FIGURES / "benchmark_prediction.json").read_text(encoding="utf-8"))
+    p, c = bench["prediction"], bench["checkpoint"]
+    text = prose("## Speed and memory")
+    assert p["n_ngrams"] == METRICS["ngram_baseline"]["n_features"] and p["review_words"] == 250
+    assert p["latency_median_ms"] < 10
+    assert (f"`predict_review` on a 250-word review through all three models in {p['latency_median_ms']:.2f} ms "
+            f"(median, 2 threads; {p['latency_1_thread_median_ms']:.2f} ms with one)") in text
+    ngram_mb = sum(v for k, v in c["files_mb"].items() if k.startswith("ngram"))
+    assert (f"the checkpoint takes {c['total_mb']:.1f} MB (the n-gram model {ngram_mb:.1f} MB of it) and loads, every "
+            f"file checked, in {c['load_seconds_median']:.2f} s") in text

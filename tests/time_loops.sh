@@ -20,7 +20,7 @@ for target in check test; do
     start=$(date +%s.%N)
     make "$target" STACK="$stack" > "$work/$target.log" 2>&1 || true
     seconds=$(echo "$(date +%s.%N) - $start" | bc)
-    summary=$(grep -E "^=+ .*(passed|failed).* =+$" "$work/$target.log" | sed 's/=//g; s/^ *//; s/ *$//' \
+    summary=$(grep -E "^(=+ )?[0-9]+ (passed|failed).* in [0-9.]+s" "$work/$target.log" | sed 's/=//g; s/^ *//; s/ *$//' \
         | paste -sd ';' - || true)
     echo "$stack,$target,$seconds,\"$summary\",$(git rev-parse --short HEAD)" | tee -a "$out_csv"
     grep -E "^FAILED|^Error|error:" "$work/$target.log" | head -20 || true
