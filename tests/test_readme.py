@@ -200,7 +200,9 @@ def test_the_out_of_domain_prose_says_what_the_records_show():
     assert adopted == ["stacked (today's)"] and "were not adopted" in text
     moved = max(abs(float(r[f"{name}_vs_stacked_points"])) for r in rules if r["rule"] != "LSTM alone"
                 for name in ("amazon", "yelp"))
-    assert f"moved Amazon and Yelp by at most {moved:.1f} points, within noise" in text
+    assert f"moved Amazon and Yelp by at most {moved:.1f} points, none gaining on Amazon beyond noise" in text
+    assert all(float(r["amazon_vs_stacked_points"]) < 1.96 * float(r["amazon_vs_stacked_se"])  # even unadjusted
+               for r in rules if r["rule"] not in ("LSTM alone", "stacked (today's)"))
     halves = {(r["set"], r["half"]): r for r in csv_list("ood_coverage.csv")}
     for name in ("amazon", "yelp"):  # "no larger on the half with fewer of its n-grams seen"
         deficit = {half: float(halves[(name, half)]["lstm_acc"]) - float(halves[(name, half)]["ngram_acc"])
