@@ -403,9 +403,9 @@ def shown_path(path):
     return path.relative_to(REPO_DIR).as_posix() if path.is_relative_to(REPO_DIR) else str(path)
 
 
-def md5sum(path, chunk_size=1 << 20):
-    """The MD5 hex digest of a file."""
-    digest = hashlib.md5()
+def md5sum(path, chunk_size=1 << 20, algorithm="md5"):
+    """The hex digest of a file: MD5 (the IMDB archive's), or another hashlib algorithm."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
@@ -628,13 +628,9 @@ OOD_SETS = (
 )
 
 
-def sha256sum(path, chunk_size=1 << 20):
-    """The SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def sha256sum(path):
+    """The SHA-256 hex digest of a file (the out-of-domain sets' published checksums)."""
+    return md5sum(path, algorithm="sha256")
 
 
 def read_labelled_sentences(path):
@@ -1551,6 +1547,15 @@ def _same(tokens):
     return tokens
 
 
+def _ngram_vectorizer(ngram_range, vocabulary=None):
+    """Binary word n-gram counts of token lists, with a fixed vocabulary of n-grams if given."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    # The token lists are ours already (helpers.tokenize): no second tokenizer, no lower-casing.
+    return CountVectorizer(tokenizer=_same, preprocessor=_same, token_pattern=None, lowercase=False,
+                           ngram_range=tuple(ngram_range), binary=True, dtype=np.float32, vocabulary=vocabulary)
+
+
 class NBNgramFeatures:
     """Binary word n-gram features scaled by their naive-Bayes log-count ratios (NBSVM), learnt on training only."""
 
@@ -1559,11 +1564,7 @@ class NBNgramFeatures:
 
     def fit(self, token_lists, labels):
         """Learn the vocabulary of n-grams and their ratios; returns self."""
-        from sklearn.feature_extraction.text import CountVectorizer
-
-        # The token lists are ours already (helpers.tokenize): no second tokenizer, no lower-casing.
-        self.vectorizer = CountVectorizer(tokenizer=_same, preprocessor=_same, token_pattern=None, lowercase=False,
-                                          ngram_range=self.ngram_range, binary=True, dtype=np.float32)
+        self.vectorizer = _ngram_vectorizer(self.ngram_range)
         self.ratios = nb_log_count_ratios(self.vectorizer.fit_transform(token_lists), labels, self.alpha)
         return self
 
@@ -1583,8 +1584,6 @@ class NgramModel:
     ratio x weight. It also says which share of a review's n-grams it has seen in training (its coverage)."""
 
     def __init__(self, ngrams, ratios, weights, bias, max_n, c=None):
-        from sklearn.feature_extraction.text import CountVectorizer
-
         vocabulary = ngrams if isinstance(ngrams, dict) else {ngram: i for i, ngram in enumerate(ngrams)}
         self.ratios = np.asarray(ratios, dtype=np.float32)
         self.weights = np.asarray(weights, dtype=np.float64)  # the regression's own precision
@@ -1592,9 +1591,7 @@ class NgramModel:
             raise ValueError(f"{len(vocabulary)} n-grams, {self.ratios.shape[0]} ratios and "
                              f"{self.weights.shape[0]} weights: one of each per n-gram")
         self.bias, self.max_n, self.c = float(bias), int(max_n), c  # c: the regression's C, where known
-        self.vectorizer = CountVectorizer(tokenizer=_same, preprocessor=_same, token_pattern=None, lowercase=False,
-                                          ngram_range=(1, self.max_n), binary=True, dtype=np.float32,
-                                          vocabulary=vocabulary)
+        self.vectorizer = _ngram_vectorizer((1, self.max_n), vocabulary)
         # One number per n-gram: what its presence adds to the logit (in float64, as the regression computes it).
         self.effect = self.ratios.astype(np.float64) * self.weights
 
