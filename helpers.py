@@ -328,15 +328,17 @@ def new_run_dir(run_dir="", runs_dir=RUNS_DIR):
 
 
 def peak_memory_mib(device):
-    """This process's peak resident memory so far (and, on a GPU, peak tensor memory) in MiB."""
+    """Peak resident memory so far in MiB: this process's, its largest finished child's (0 if none; the whole run
+    peaks at most at their sum), and on a GPU peak tensor memory."""
     peak = {}
     try:
         import resource
     except ImportError:  # Windows has no resource module
         resource = None
     if resource is not None:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak["cpu_rss_mib"] = rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes there, KiB on Linux
+        scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss is in bytes there, KiB on Linux
+        peak["cpu_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+        peak["children_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale
     if device.type == "cuda":
         peak["gpu_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peak
