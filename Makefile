@@ -53,7 +53,7 @@ help:
 	@echo "make bench    speed and memory: training throughput, predict_review latency; writes figures/benchmark.json"
 	@echo "make lab      open JupyterLab with the project's kernel"
 	@echo "make lock     rewrite requirements.lock (every installed package, with hashes) from requirements.txt"
-	@echo "make sweep SWEEP=sweeps/<name>.yaml [JOBS=N]   run a hyperparameter sweep into runs/<name>/"
+	@echo "make sweep SWEEP=sweeps/<name>.yaml [JOBS=N] [SHOW_TEST=1]   a sweep into runs/<name>/ (SHOW_TEST: test accuracy too)"
 	@echo "make sweep SWEEP=... SCHEDULER=tls://host:8786 TLS_CA_FILE=ca.pem TLS_CERT=cluster.pem TLS_KEY=cluster-key.pem"
 	@echo "             the same on the workers of a Dask cluster that uses TLS (certificates: see README)"
 	@echo "make sweep SWEEP=... SCHEDULER=tcp://127.0.0.1:8786   plain tcp: only on localhost or a trusted network,"
@@ -153,13 +153,13 @@ TLS_KEY ?=
 
 sweep: install
 	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=sweeps/<name>.yaml [JOBS=N] [SCHEDULER=tls://host:8786 TLS_CA_FILE=... TLS_CERT=... TLS_KEY=...]"; exit 2; }
-	$(BIN)/python sweeps/sweep.py $(SWEEP) --jobs $(JOBS) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
+	$(BIN)/python sweeps/sweep.py $(SWEEP) --jobs $(JOBS) $(if $(SHOW_TEST),--show-test) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) \
 		$(if $(TLS_CA_FILE),--tls-ca-file "$(TLS_CA_FILE)") $(if $(TLS_CERT),--tls-cert "$(TLS_CERT)") \
 		$(if $(TLS_KEY),--tls-key "$(TLS_KEY)")
 
 sweep-summary: install
 	@test -n "$(SWEEP)" || { echo "usage: make sweep-summary SWEEP=sweeps/<name>.yaml"; exit 2; }
-	$(BIN)/python sweeps/sweep.py $(SWEEP) --summary-only
+	$(BIN)/python sweeps/sweep.py $(SWEEP) --summary-only $(if $(SHOW_TEST),--show-test)
 
 # The committed notebook must run as it is: publish_notebook drops papermill's injected-parameters
 # cell, and refuses a run that was not a default one or whose outputs name this machine's paths.

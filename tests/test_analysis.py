@@ -18,14 +18,14 @@ def test_integrated_gradients_have_one_finite_score_per_token_and_are_complete(p
     torch.manual_seed(1)
     model = TinyModel(vocab_size=30, dim=6, pooling=pooling)
     token_ids = [3, 17, 5, 9, 22, 4, 11]
-    contributions, logit, baseline_logit = helpers.integrated_gradients(model, token_ids, "cpu", steps=128)
+    contributions, logit, reference_logit = helpers.integrated_gradients(model, token_ids, "cpu", steps=128)
     assert contributions.shape == (7,) and np.all(np.isfinite(contributions))
     with torch.no_grad():
         assert logit == pytest.approx(float(model(torch.tensor([token_ids]), torch.tensor([7]))), abs=1e-5)
         pads = torch.zeros(1, 7, dtype=torch.long)
-        assert baseline_logit == pytest.approx(float(model(pads, torch.tensor([7]))), abs=1e-5)
+        assert reference_logit == pytest.approx(float(model(pads, torch.tensor([7]))), abs=1e-5)
     # Completeness: the contributions add up to the change in logit from the baseline.
-    assert contributions.sum() == pytest.approx(logit - baseline_logit, abs=0.01 * max(1, abs(logit)))
+    assert contributions.sum() == pytest.approx(logit - reference_logit, abs=0.01 * max(1, abs(logit)))
 
 
 def test_integrated_gradients_in_parts_match_them_in_one_go():
@@ -36,10 +36,10 @@ def test_integrated_gradients_in_parts_match_them_in_one_go():
     token_ids = [3, 17, 5, 9, 22, 4, 11]
     whole = helpers.integrated_gradients(model, token_ids, "cpu", steps=64, max_tokens=10_000)
     for max_tokens in (7, 30, 100):
-        contributions, logit, baseline_logit = helpers.integrated_gradients(model, token_ids, "cpu", steps=64,
+        contributions, logit, reference_logit = helpers.integrated_gradients(model, token_ids, "cpu", steps=64,
                                                                             max_tokens=max_tokens)
         assert np.allclose(contributions, whole[0], atol=1e-6)
-        assert (logit, baseline_logit) == pytest.approx(whole[1:], abs=1e-6)
+        assert (logit, reference_logit) == pytest.approx(whole[1:], abs=1e-6)
 
 
 def test_a_token_the_model_ignores_gets_no_credit():

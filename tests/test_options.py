@@ -154,12 +154,12 @@ def test_an_ensembles_explanation_averages_its_members_and_stays_complete():
     members = [TinyModel(vocab_size=30, dim=6) for _ in range(3)]
     ensemble = options.Ensemble(members)
     ids = [5, 9, 13, 2]
-    contributions, logit, baseline_logit = options.ensemble_integrated_gradients(ensemble, ids, "cpu", 128)
+    contributions, logit, reference_logit = options.ensemble_integrated_gradients(ensemble, ids, "cpu", 128)
     each = [helpers.integrated_gradients(member, ids, "cpu", 128)[0] for member in members]
     assert np.allclose(contributions, np.mean(each, axis=0))
     with torch.no_grad():
         assert logit == pytest.approx(float(ensemble(torch.tensor([ids]), torch.tensor([len(ids)]))), abs=1e-5)
-    assert contributions.sum() == pytest.approx(logit - baseline_logit, abs=0.01 * max(1, abs(logit)))
+    assert contributions.sum() == pytest.approx(logit - reference_logit, abs=0.01 * max(1, abs(logit)))
 
 
 # --------------------------------------------------------------------------- adversarial training

@@ -271,8 +271,11 @@ def test_the_combination_round_trips_and_refuses_what_it_does_not_know(tmp_path)
 
 
 def test_predictions_csv_holds_the_combined_probability_and_both_parts(tmp_path):
-    helpers.write_predictions(tmp_path / "p.csv", [1, 3], ["fine", 'say "hi"'], np.array([0.75, 0.2]),
-                              lstm=np.array([0.6, 0.1]), ngram=np.array([0.8, 0.55]))
+    probabilities = {"fine": (0.75, 0.6, 0.8), 'say "hi"': (0.2, 0.1, 0.55)}  # combined, LSTM, n-grams
+    (tmp_path / "reviews.txt").write_text('fine\n\nsay "hi"\n', encoding="utf-8")
+    helpers.predict_review_file(tmp_path / "reviews.txt", tmp_path / "p.csv",
+                                lambda reviews: [probabilities[review] for review in reviews],
+                                columns=("prob_positive", "prob_lstm", "prob_ngram"))
     assert (tmp_path / "p.csv").read_text().splitlines() == [  # the label is the combined model's, not a part's
         "line,label,prob_positive,prob_lstm,prob_ngram,review",
         '1,positive,0.750000,0.600000,0.800000,"fine"', '3,negative,0.200000,0.100000,0.550000,"say ""hi"""']

@@ -77,29 +77,43 @@ def write_lines(path, text):
     return path
 
 
+def stand_in(reviews):
+    """A model for predict_review_file that gives every review 0.75."""
+    return np.full(len(reviews), 0.75)
+
+
+def predicted(path, **kwargs):
+    """predict_review_file's return value and predictions.csv's (line, review) pairs, for a file of reviews."""
+    out_path = path.parent / "predictions.csv"
+    result = helpers.predict_review_file(path, out_path, stand_in, **kwargs)
+    with open(out_path, encoding="utf-8", newline="") as f:
+        return result, [(int(row["line"]), row["review"]) for row in csv.DictReader(f)]
+
+
 def test_nel_and_unicode_line_separators_stay_inside_their_review(tmp_path):
     reviews = ["Loved it\x85 truly\x85 a gem.", "Dull\u2028and long\u2029and loud.",
                "Odd\x0bbreaks\x0cand\x1cseparators", "A lone\rcarriage return stays."]
     path = write_lines(tmp_path / "reviews.txt", "\n".join(reviews) + "\n")
-    assert helpers.read_review_file(path) == (reviews, [1, 2, 3, 4], [])
+    assert predicted(path) == ((4, 0, []), list(zip([1, 2, 3, 4], reviews, strict=True)))
 
 
 def test_crlf_line_ends_are_removed_and_a_missing_final_newline_loses_nothing(tmp_path):
     path = write_lines(tmp_path / "reviews.txt", "good one\r\n\r\nbad\x85one\r\nlast one")
-    assert helpers.read_review_file(path) == (["good one", "bad\x85one", "last one"], [1, 3, 4], [2])
+    assert predicted(path) == ((3, 1, [2]), [(1, "good one"), (3, "bad\x85one"), (4, "last one")])
 
 
 def test_a_line_with_no_words_is_skipped_and_listed_and_the_others_are_kept(tmp_path):
     text = "first review\n\x85\nsecond review\n<br /><br />\n\u2028 \t\nthird\x85review\n\n"
     path = write_lines(tmp_path / "reviews.txt", text)
-    assert helpers.read_review_file(path) == (["first review", "second review", "third\x85review"], [1, 3, 6],
-                                              [2, 4, 5, 7])
+    assert predicted(path, batch_size=2) == ((3, 4, [2, 4, 5, 7]),
+                                             [(1, "first review"), (3, "second review"), (6, "third\x85review")])
 
 
-def test_a_file_of_lines_without_words_holds_no_review(tmp_path):
+def test_a_file_of_lines_without_words_holds_no_review_and_leaves_no_predictions(tmp_path):
     path = write_lines(tmp_path / "reviews.txt", "\x85\n<br />\n\u2028\n")
     with pytest.raises(ValueError, match="holds no review"):
-        helpers.read_review_file(path)
+        predicted(path)
+    assert list(tmp_path.iterdir()) == [path]  # neither predictions.csv nor its temporary file
 
 
 def test_the_notebooks_predict_cell_writes_one_row_per_review_with_the_files_line_numbers(tmp_path, vocab, capsys):
@@ -157,15 +171,13 @@ def test_predict_review_file_streams_a_batch_at_a_time_and_writes_an_excerpt_of_
     assert (tmp_path / "predictions.csv").stat().st_size < 2_000_000
 
 
-def test_write_predictions_writes_an_excerpt_of_a_long_review(tmp_path):
-    helpers.write_predictions(tmp_path / "p.csv", [1], ["word " * 10_000], np.array([0.25]))
-    with open(tmp_path / "p.csv", encoding="utf-8", newline="") as f:
-        (row,) = list(csv.DictReader(f))
-    assert row["review"] == ("word " * 10_000)[:helpers.PREDICTION_EXCERPT_CHARS] + "…"
+def test_predictions_csv_holds_an_excerpt_of_a_long_review(tmp_path):
+    path = write_lines(tmp_path / "reviews.txt", "word " * 10_000 + "\n")
+    assert predicted(path) == ((1, 0, []), [(1, ("word " * 10_000)[:helpers.PREDICTION_EXCERPT_CHARS] + "…")])
 
 
 def test_a_review_line_longer_than_the_limit_is_refused_naming_the_line(tmp_path, monkeypatch):
     monkeypatch.setattr(helpers, "MAX_REVIEW_LINE_BYTES", 100)
     path = write_lines(tmp_path / "reviews.txt", "short one\n" + "x" * 200 + "\n")
     with pytest.raises(ValueError, match="line 2 is longer than 100 bytes"):
-        helpers.read_review_file(path)
+        predicted(path)

@@ -120,25 +120,32 @@ def test_predict_proba_returns_to_eval_mode_and_keeps_results_stable(tiny_model,
     assert np.array_equal(first, helpers.predict_proba(tiny_model, ["great film", "awful plot"], vocab, 20, "cpu"))
 
 
-def test_read_review_file_reports_skipped_blank_lines(tmp_path):
+def three_quarters(reviews):
+    """A model for predict_review_file that gives every review 0.75."""
+    return np.full(len(reviews), 0.75)
+
+
+def test_predict_review_file_reports_skipped_blank_lines(tmp_path):
     path = tmp_path / "reviews.txt"
     path.write_text("good one\n\n   \nbad one\n", encoding="utf-8")
-    assert helpers.read_review_file(path) == (["good one", "bad one"], [1, 4], [2, 3])
+    assert helpers.predict_review_file(path, tmp_path / "p.csv", three_quarters) == (2, 2, [2, 3])
+    assert [line.split(",")[0] for line in (tmp_path / "p.csv").read_text().splitlines()] == ["line", "1", "4"]
 
 
-def test_read_review_file_errors_are_clear(tmp_path):
+def test_predict_review_file_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        helpers.read_review_file(tmp_path / "missing.txt")
+        helpers.predict_review_file(tmp_path / "missing.txt", tmp_path / "p.csv", three_quarters)
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(ValueError, match="holds no review"):
-        helpers.read_review_file(tmp_path / "empty.txt")
+        helpers.predict_review_file(tmp_path / "empty.txt", tmp_path / "p.csv", three_quarters)
     (tmp_path / "latin1.txt").write_bytes("café très bien".encode("latin-1"))
     with pytest.raises(ValueError, match="not UTF-8"):
-        helpers.read_review_file(tmp_path / "latin1.txt")
+        helpers.predict_review_file(tmp_path / "latin1.txt", tmp_path / "p.csv", three_quarters)
 
 
-def test_write_predictions_quotes_reviews(tmp_path):
-    helpers.write_predictions(tmp_path / "p.csv", [3], ['say "hi", then go'], np.array([0.75]))
+def test_predictions_csv_quotes_reviews(tmp_path):
+    (tmp_path / "reviews.txt").write_text('\n\nsay "hi", then go\n', encoding="utf-8")
+    helpers.predict_review_file(tmp_path / "reviews.txt", tmp_path / "p.csv", three_quarters)
     assert (tmp_path / "p.csv").read_text().splitlines() == [
         "line,label,prob_positive,review", '3,positive,0.750000,"say ""hi"", then go"']
 
@@ -209,9 +216,9 @@ def test_a_run_folder_holding_files_that_are_no_run_is_refused_and_left_alone(tm
         helpers.new_run_dir(folder)
 
 
-def test_read_review_file_calls_a_folder_a_folder(tmp_path):
+def test_predict_review_file_calls_a_folder_a_folder(tmp_path):
     with pytest.raises(IsADirectoryError, match=f"predict_file {re.escape(str(tmp_path))} is a folder"):
-        helpers.read_review_file(tmp_path)
+        helpers.predict_review_file(tmp_path, tmp_path / "p.csv", three_quarters)
 
 
 def test_the_pinned_stack_uses_torchtext():
@@ -232,3 +239,14 @@ def test_environment_yml_pins_what_requirements_txt_pins():
     found = {name.lower(): version for name, version in found.items()}
     pins.pop("uv")  # the lock compiler, only needed by `make lock`
     assert {name: found.get(name) for name in pins} == pins
+
+
+def test_a_path_given_from_the_repositorys_root_is_named_as_it_reads_from_the_notebooks_folder(monkeypatch):
+    """Issue 35: JupyterLab runs the lesson in notebooks/, where "runs/<time>/checkpoint" is not found; the error
+    says the path from there ("../runs/..."), since the route names the teacher's checkpoint from the root."""
+    monkeypatch.chdir(helpers.REPO_DIR / "notebooks")
+    with pytest.raises(ValueError, match=r"init_checkpoint='data/sample' is not valid: no such file or folder here "
+                                         r"in .*notebooks; .* use '\.\./data/sample'"):
+        helpers.validate_params(dict(DEFAULTS, init_checkpoint="data/sample", n_epochs=0))
+    with pytest.raises(ValueError, match=r"no such file or folder$"):  # nowhere at all: no hint
+        helpers.validate_params(dict(DEFAULTS, init_checkpoint="runs/no-such-run/checkpoint", n_epochs=0))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scipy import stats as scipy_stats
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "sweeps"))
@@ -160,13 +161,18 @@ def test_seeds_repeat_every_configuration_and_the_summary_gives_mean_sd_and_the_
     assert float(wide["best_valid_acc_mean"]) == pytest.approx(0.665)
     assert float(wide["best_valid_acc_sd"]) == pytest.approx(0.004)  # seeds 1, 5, 9 -> +0.001, +0.005, +0.009
     assert float(wide["valid_acc_vs_reference"]) == pytest.approx(0.16)
-    assert float(wide["vs_reference_se"]) == pytest.approx((2 * 0.0044**2 / 3) ** 0.5)  # of the final models
+    # The configurations share seeds 1, 5, 9, so they are paired by seed: every seed moves both alike here, the
+    # per-seed differences are all 0.16 (and -0.005), and their standard error is 0 (unpaired, the seeds' spread
+    # of 0.0044 would give sqrt(2 x 0.0044² / 3) = 0.0036 and call narrow's -0.005 within noise).
+    assert (wide["method"], wide["pairs"], wide["holm_family"]) == ("paired t", "3", "2")
+    assert float(wide["vs_reference_se"]) == pytest.approx(0, abs=1e-12) and float(wide["df"]) == 2
     assert wide["beyond_noise"] == "yes"
     assert float(rows["narrow"]["valid_acc_vs_reference"]) == pytest.approx(-0.005)
     assert float(wide["valid_acc_mean"]) == pytest.approx(0.665 + 0.002 + 0.0005)  # the final model's
-    assert rows["narrow"]["beyond_noise"] == "no"  # 0.5 points, within two standard errors of 0.36
-    assert rows["default"]["valid_acc_vs_reference"] == ""  # the reference itself
-    assert "Reference configuration: default" in (sweep_dir / "summary_by_config.md").read_text()
+    assert rows["narrow"]["beyond_noise"] == "yes"  # -0.5 points on every seed, the seeds' own spread paired away
+    assert rows["default"]["valid_acc_vs_reference"] == "" and rows["default"]["holm_family"] == ""  # the reference
+    text = (sweep_dir / "summary_by_config.md").read_text()
+    assert "Reference configuration: default" in text and "family of the 2 comparisons" in text
     assert (sweep_dir / "valid_acc_by_config.png").exists()
 
 
@@ -184,7 +190,16 @@ def test_the_averaging_summary_pairs_each_window_with_the_same_runs_best_epoch(t
     # (sd 0.004) would hide them.
     assert float(two["acc_vs_one_epoch"]) == pytest.approx(0.0025)
     assert float(two["acc_vs_one_epoch_se"]) == pytest.approx(0.0004 / 3**0.5)
-    assert two["acc_beyond_noise"] == "yes" and two["loss_beyond_noise"] == "yes"  # 0.59 against 0.6 every time
+    # Holm over the table's six differences (window 2 of default, wide and (all); accuracy and loss): by hand,
+    # the three losses (0.59 against 0.6 every time, no spread) have p = 0; (all)'s accuracy, six runs, comes
+    # next; wide's and default's (the same differences), t = 0.0025 / (0.0004 / sqrt 3) = 10.83 with 2 df,
+    # p = 1 - t / sqrt(t² + 2) = 0.0084 each, are multiplied by 2 and 1: both adjusted to 2 p = 0.017.
+    t = 0.0025 / (0.0004 / 3**0.5)
+    p = 1 - t / (t**2 + 2) ** 0.5
+    assert p == pytest.approx(0.00843, abs=1e-5)
+    assert float(two["acc_p"]) == pytest.approx(p) and float(two["acc_p_holm"]) == pytest.approx(2 * p)
+    assert float(two["loss_p"]) == 0 and two["holm_family"] == "6"
+    assert two["acc_beyond_noise"] == "yes" and two["loss_beyond_noise"] == "yes"
     assert rows[("(all)", "2")]["runs"] == "6" and rows[("default", "1")]["acc_vs_one_epoch"] == ""
 
 
@@ -201,7 +216,11 @@ def test_an_edit_must_find_its_text_exactly_once(tmp_path):
 
 @pytest.mark.notebook
 def test_every_exercise_runs_on_the_sample(tmp_path):
-    """The exercises' sweep file, with its full-data base swapped for tiny settings on the sample."""
+    """The exercises' sweep file, with its full-data base swapped for tiny settings on the sample.
+
+    Every exercise's change runs, in six runs rather than eleven (a run's fixed cost, the kernel, the imports and
+    the figures, is most of a tiny run's): each of exercise 1's five runs (a cell, a pooling) also carries one
+    other exercise's change, which sets neither; the baseline runs alone."""
     name, runs = "exercises", ["baseline", "ex1-lstm-last", "ex1-gru-max", "ex1-gru-last", "ex1-rnn-max",
                                "ex1-rnn-last", "ex2-no-pretrained-vectors", "ex3-max-length-400",
                                "ex3-max-length-1200", "ex4-one-direction", "ex6-padding-first"]
@@ -209,18 +228,37 @@ def test_every_exercise_runs_on_the_sample(tmp_path):
     # the exercises' size the lesson's route, its parameters cell and its answers name
     assert spec["base"] == EXERCISE_SIZE and spec.pop("seeds") == [42, 1, 2]
     spec["base"] = {"use_sample": True, "train_size": 100, "valid_size": 12, "test_size": 50, "n_epochs": 1,
-                    "embedding_dim": 8, "hidden_dim": 8, "max_vocab_size": 2000}
+                    "embedding_dim": 8, "hidden_dim": 8, "max_vocab_size": 2000, "ig_steps": 8}
     assert [run["name"] for run in spec["runs"]] == runs
+    # Exercise 1's run, and the exercise whose change it carries too (exercise 6's edit on a run that reads
+    # both ways, since it changes the backward direction's reversal).
+    carried = {"ex1-lstm-last": "ex2-no-pretrained-vectors", "ex1-gru-max": "ex3-max-length-400",
+               "ex1-gru-last": "ex3-max-length-1200", "ex1-rnn-max": "ex6-padding-first",
+               "ex1-rnn-last": "ex4-one-direction"}
+    assert sorted(["baseline", *carried, *carried.values()]) == sorted(runs)  # each exercise in one run
+    by_name = {run["name"]: run for run in spec["runs"]}
+    spec["runs"] = [by_name["baseline"]]
+    for carrier, rider in carried.items():
+        change = {key: value for key, value in by_name[rider].items() if key != "name"}
+        assert change and not set(change) & set(by_name[carrier]), (carrier, rider)
+        spec["runs"].append({**by_name[carrier], **change, "name": f"{carrier}.{rider}"})
     # a copy outside sweeps/: its edits (exercise 6) run because the test says so
     sweep_dir, failed = sweep.run_sweep(write_spec(tmp_path, spec, name), tmp_path / "runs", jobs=2,
                                         allow_code_edits=True)
     assert failed == []
-    for run in runs:
-        metrics = json.loads((sweep_dir / run / "metrics.json").read_text())
+    for run in spec["runs"]:
+        metrics = json.loads((sweep_dir / run["name"] / "metrics.json").read_text())
         assert metrics["n_train_reviews"] == 100 and metrics["n_valid_reviews"] == 12, run
         assert sum(map(sum, metrics["test_confusion_matrix"])) == 50, run
-        assert metrics["config"]["model"]["cell"] == ("gru" if "gru" in run else "rnn" if "rnn" in run else "lstm")
-    edited = json.loads((sweep_dir / "ex6-padding-first" / "sentiment_lstm.ipynb").read_text())
+        carrier = run["name"].split(".")[0]
+        assert metrics["config"]["model"]["cell"] == ("gru" if "gru" in carrier else "rnn" if "rnn" in carrier
+                                                      else "lstm")
+        for key, value in run.items():  # every change the run carries is the one its run used
+            if key not in ("name", "edit"):
+                assert metrics["params"][key] == value, (run["name"], key)
+        if run.get("pretrain_embeddings") is False:
+            assert metrics["pretraining_seconds"] == 0, run
+    edited = json.loads((sweep_dir / "ex1-rnn-max.ex6-padding-first" / "sentiment_lstm.ipynb").read_text())
     assert any("return x.flip(1)" in "".join(c["source"]) for c in edited["cells"])
 
 
@@ -535,9 +573,10 @@ def test_the_unpaired_verdict_uses_welchs_degrees_of_freedom_where_the_spreads_d
     with Welch's.
     """
     accuracies = {"default": [0.600, 0.601, 0.602], "wide": [0.604, 0.606, 0.608]}
+    seeds = {"default": (1, 2, 3), "wide": (4, 5, 6)}  # no seed shared: the comparison is unpaired (issue 34)
     runs, rows = {}, []
     for config, values in accuracies.items():
-        for seed, value in zip((1, 2, 3), values, strict=True):
+        for seed, value in zip(seeds[config], values, strict=True):
             name = f"{config}_seed-{seed}"
             runs[name] = {"seed": seed, **({"hidden_dim": 16} if config == "wide" else {})}
             rows.append({"run": name, "status": "ok", "valid_acc": value})
@@ -547,4 +586,105 @@ def test_the_unpaired_verdict_uses_welchs_degrees_of_freedom_where_the_spreads_d
     df = stats.welch_degrees_of_freedom(0.002, 3, 0.001, 3)
     assert df == pytest.approx(2.941, abs=1e-3) and ratio == pytest.approx(3.873, abs=1e-3)
     assert stats.t_quantile(df) < ratio < stats.t_quantile(3 - 1)  # the two rules disagree here
-    assert wide["beyond_noise"] == "yes"
+    assert (wide["method"], wide["pairs"], wide["df"]) == ("Welch t", "", pytest.approx(df))
+    assert wide["beyond_noise"] == "yes" and wide["holm_family"] == 1
+
+
+# --------------------------------------------------------------------------- pairing and many comparisons (issue 34)
+REFERENCE = [0.800, 0.810, 0.820]  # seeds 1, 2, 3
+OTHERS = {  # per-seed differences from the reference, and t = mean / (sd / sqrt 3) with 2 df
+    "a": [0.806, 0.813, 0.829],  # +0.006, +0.003, +0.009: mean 0.006, sd 0.003, t = 2 sqrt 3
+    "b": [0.810, 0.821, 0.832],  # +0.010, +0.011, +0.012: mean 0.011, sd 0.001, t = 11 sqrt 3
+    "c": [0.804, 0.816, 0.828],  # +0.004, +0.006, +0.008: mean 0.006, sd 0.002, t = 3 sqrt 3
+}
+
+
+def seeded_rows(accuracies, seeds):
+    """(runs, rows) as summarise gives them to summarise_by_configuration, one run per config and seed."""
+    runs, rows = {}, []
+    for config, values in accuracies.items():
+        for seed, value in zip(seeds[config], values, strict=True):
+            name = f"{config}_seed-{seed}"
+            runs[name] = {"seed": seed, **({"cell": config} if config != "default" else {})}
+            rows.append({"run": name, "status": "ok", "valid_acc": value})
+    return runs, rows
+
+
+def test_the_by_configuration_summary_pairs_by_seed_and_judges_its_family_by_holms_rule(tmp_path):
+    """A hand computation. With 2 df the t test's two-sided p is 1 - t / sqrt(t² + 2) = 1 - sqrt(t² / (t² + 2)):
+    a: t² = 12, p = 1 - sqrt(12/14) = 0.0742; b: t² = 363, p = 1 - sqrt(363/365) = 0.00274; c: t² = 27,
+    p = 1 - sqrt(27/29) = 0.0351. Holm over the three: sorted b, c, a, times 3, 2, 1, running maximum:
+    b 0.0082 (beyond noise), c 0.0702 (within: beyond alone, at 0.0351), a 0.0742 (within).
+    """
+    accuracies = {"default": REFERENCE, **OTHERS}
+    runs, rows = seeded_rows(accuracies, dict.fromkeys(accuracies, (1, 2, 3)))
+    summary = {r["config"]: r for r in sweep.summarise_by_configuration(tmp_path, runs, rows, ["cell"])}
+    p = {"a": 1 - (12 / 14) ** 0.5, "b": 1 - (363 / 365) ** 0.5, "c": 1 - (27 / 29) ** 0.5}
+    holm = {"b": 3 * p["b"], "c": 2 * p["c"], "a": p["a"]}  # each above the one before: no running maximum needed
+    assert holm["b"] < holm["c"] < holm["a"]
+    for config, (mean, se) in {"a": (0.006, 0.003), "b": (0.011, 0.001), "c": (0.006, 0.002)}.items():
+        row = summary[config]
+        assert row["valid_acc_vs_reference"] == pytest.approx(mean) and row["vs_reference_se"] == pytest.approx(
+            se / 3**0.5)
+        assert (row["method"], row["pairs"], row["df"], row["holm_family"]) == ("paired t", 3, 2, 3)
+        assert row["p"] == pytest.approx(p[config]) and row["p_holm"] == pytest.approx(holm[config])
+    assert [summary[c]["beyond_noise"] for c in "abc"] == ["no", "yes", "no"]
+    assert summary["c"]["p"] < 0.05  # c alone would be beyond noise: the family's size turns it
+    with open(tmp_path / "summary_by_config.csv", newline="") as f:
+        written = {row["config"]: row for row in csv.DictReader(f)}
+    assert float(written["c"]["p_holm"]) == pytest.approx(holm["c"]) and written["c"]["holm_family"] == "3"
+    assert written["b"]["method"] == "paired t" and written["default"]["beyond_noise"] == ""
+
+
+def test_pairing_by_seed_and_welch_give_different_verdicts_on_the_same_accuracies(tmp_path):
+    """b's accuracies against the reference's: shared seeds, paired, t = 19.1 (p = 0.0027): beyond noise.
+    The same values under seeds the reference never ran: Welch's t, the seeds' spread (sd 0.011 and 0.010)
+    in the standard error, sqrt((0.011² + 0.010²) / 3) = 0.0086, and 0.011 / 0.0086 = 1.28 SE: within noise.
+    """
+    accuracies = {"default": REFERENCE, "b": OTHERS["b"]}
+    paired_summary = sweep.summarise_by_configuration(tmp_path, *seeded_rows(accuracies, {"default": (1, 2, 3),
+                                                                                         "b": (1, 2, 3)}), ["cell"])
+    welch_summary = sweep.summarise_by_configuration(tmp_path, *seeded_rows(accuracies, {"default": (1, 2, 3),
+                                                                                        "b": (4, 5, 6)}), ["cell"])
+    paired_b, welch_b = (next(r for r in s if r["config"] == "b") for s in (paired_summary, welch_summary))
+    assert (paired_b["method"], paired_b["beyond_noise"]) == ("paired t", "yes")
+    assert (welch_b["method"], welch_b["pairs"], welch_b["beyond_noise"]) == ("Welch t", "", "no")
+    se = ((0.011**2 + 0.010**2) / 3) ** 0.5
+    assert welch_b["vs_reference_se"] == pytest.approx(se) and welch_b["valid_acc_vs_reference"] == pytest.approx(
+        0.011)
+    assert welch_b["df"] == pytest.approx(stats.welch_degrees_of_freedom(0.011, 3, 0.010, 3))
+    assert welch_b["p"] == pytest.approx(2 * scipy_stats.t.sf(0.011 / se, welch_b["df"]))
+    assert "paired by seed" in (tmp_path / "summary_by_config.md").read_text()
+
+
+def test_runs_that_share_only_some_seeds_are_paired_over_those(tmp_path):
+    """b's seed 3 failed: b ran seeds 1 and 2, the reference 1, 2, 3; paired over 1 and 2 (+0.010, +0.011)."""
+    runs, rows = seeded_rows({"default": REFERENCE, "b": OTHERS["b"]}, {"default": (1, 2, 3), "b": (1, 2, 3)})
+    rows[-1]["status"] = "failed"
+    b = next(r for r in sweep.summarise_by_configuration(tmp_path, runs, rows, ["cell"]) if r["config"] == "b")
+    assert (b["method"], b["pairs"], b["df"], b["seeds"]) == ("paired t", 2, 1, 2)
+    assert b["valid_acc_vs_reference"] == pytest.approx(0.0105) and b["vs_reference_se"] == pytest.approx(0.0005)
+
+
+def test_test_accuracy_is_left_out_of_the_summaries_unless_asked_for(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path, {"runs": [{"name": "default"}, {"name": "wide", "hidden_dim": 16}], "seeds": [1, 5]})
+    sweep_dir, _ = sweep.run_sweep(spec, tmp_path / "runs", execute=fake_execute(), valid_names=NAMES,
+                                   log=lambda *a: None)
+    files = ("summary.csv", "summary.md", "summary_by_config.csv", "summary_by_config.md")
+
+    def headers():  # each file's header: its first line, or in summary_by_config.md the table's, after a note
+        return {name: (sweep_dir / name).read_text().splitlines()[2 if name == "summary_by_config.md" else 0]
+                for name in files}
+
+    assert not any("test" in header for header in headers().values())
+    assert "test accuracy is shown with --show-test" in (sweep_dir / "summary_by_config.md").read_text()
+    monkeypatch.setattr(sweep, "notebook_parameters", lambda: dict.fromkeys(NAMES))
+    assert sweep.main([str(spec), "--runs-dir", str(tmp_path / "runs"), "--summary-only", "--show-test"]) == 0
+    shown = headers()
+    assert "test_accuracy" in shown["summary.csv"].split(",") and "| test_accuracy |" in shown["summary.md"]
+    assert {"test_accuracy_mean", "test_accuracy_sd"} <= set(shown["summary_by_config.csv"].split(","))
+    assert "test_accuracy_mean" in shown["summary_by_config.md"]
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        assert {float(r["test_accuracy"]) for r in csv.DictReader(f) if r["run"] == "wide_seed-5"} == {0.665}
+    assert sweep.main([str(spec), "--runs-dir", str(tmp_path / "runs"), "--summary-only"]) == 0
+    assert not any("test" in header for header in headers().values())  # off again: the default

@@ -1,11 +1,13 @@
 """Sweeps on a real Dask cluster: a scheduler and workers on localhost, each its own process.
 
-Plain tcp:// clusters (one per test, since tests kill their workers): a sweep's results come back
-from both workers; a worker killed while papermill runs costs only that attempt; a run whose worker
-dies twice is failed; a worker whose checkout differs from the sweep's refuses to run. A TLS
-cluster (one for the module), with a CA and a certificate made here by openssl: a sweep runs
-through it, and a client or worker without a certificate that CA signed is refused. Every process
-is stopped at the end, even when a test fails.
+One plain tcp:// scheduler for the module, whose workers the tests share: a test that needs two
+workers gets those the test before it left alive, and new ones for those it killed; a test that
+needs a worker of its own gets a scheduler with no other (the rest stopped first). On it: a sweep's
+results come back from both workers; a worker killed while papermill runs costs only that attempt;
+a run whose worker dies twice is failed; a worker whose checkout differs from the sweep's refuses
+to run; a hostile worker's result is refused. A TLS cluster (one for the module), with a CA and a
+certificate made here by openssl: a sweep runs through it, and a client or worker without a
+certificate that CA signed is refused. Every process is stopped at the end, even when a test fails.
 
 Each worker gets its own TMPDIR, so the test sees which worker holds a run's temporary folder, and
 waits for the executed notebook papermill writes there (with a cell the kernel has finished)
@@ -102,15 +104,16 @@ class Cluster:
                                      "--port", self.address.rsplit(":", 1)[1], "--no-dashboard",
                                      *(["--protocol", "tls", *tls_arguments(tls)] if tls else [])], self.log))
 
-    def add_worker(self, tls="same", wait=True, death_timeout=20, **env):
-        """Start a one-thread worker with its own TMPDIR; returns its address."""
+    def add_worker(self, tls="same", wait=True, death_timeout=20, arguments=(), **env):
+        """Start a one-thread worker with its own TMPDIR (and any further `dask worker` arguments); returns its
+        address."""
         tls = self.tls if tls == "same" else tls
         address = f"{self.protocol}://127.0.0.1:{free_port()}"
         tmpdir = self.folder / f"worker-tmp-{len(self.processes)}"
         tmpdir.mkdir()
         process = start([str(DASK), "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
                          "--listen-address", address, "--death-timeout", str(death_timeout),
-                         *(tls_arguments(tls) if tls else [])],
+                         *(tls_arguments(tls) if tls else []), *arguments],
                         self.log, env=dict(os.environ, TMPDIR=str(tmpdir), **env))
         self.processes.append(process)
         self.workers[address], self.tmpdirs[address] = process, tmpdir
@@ -130,23 +133,52 @@ class Cluster:
     def kill(self, worker):
         stop(self.workers[worker])
 
+    def keep_workers(self, n, timeout=60):
+        """Leave n live workers, and the scheduler knowing exactly those: the dead ones forgotten (their
+        TMPDIRs with them), any beyond n stopped, new ones added up to n."""
+        for worker, process in list(self.workers.items()):
+            if process.poll() is not None or len(self.workers) > n:
+                stop(process)
+                del self.workers[worker], self.tmpdirs[worker]
+        for _ in range(n - len(self.workers)):
+            self.add_worker(wait=False)
+        deadline = time.monotonic() + timeout
+        with self.client() as client:
+            while set(client.scheduler_info()["workers"]) != set(self.workers):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"the scheduler's workers {sorted(client.scheduler_info()['workers'])} "
+                                         f"are not {sorted(self.workers)} after {timeout} s")
+                time.sleep(0.1)
+
     def stop(self):
         for process in self.processes:
             stop(process)
         self.log.close()
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """A plain tcp:// scheduler on localhost and two one-thread workers."""
-    cluster = Cluster(tmp_path)
+@pytest.fixture(scope="module")
+def tcp_cluster(tmp_path_factory):
+    """The module's plain tcp:// scheduler on localhost; the fixtures below give each test its workers."""
+    cluster = Cluster(tmp_path_factory.mktemp("tcp-cluster"))
     try:
-        for _ in range(2):
-            cluster.add_worker(wait=False)
-        cluster.wait_for_workers(2)
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def cluster(tcp_cluster):
+    """The module's scheduler with two live one-thread workers: those the test before left, topped up."""
+    tcp_cluster.keep_workers(2)
+    return tcp_cluster
+
+
+@pytest.fixture
+def bare_cluster(tcp_cluster):
+    """The module's scheduler with no worker, for a test that adds its own; they are stopped after it."""
+    tcp_cluster.keep_workers(0)
+    yield tcp_cluster
+    tcp_cluster.keep_workers(0)
 
 
 def write_sweep(tmp_path, name, runs):
@@ -264,20 +296,16 @@ def test_a_run_whose_worker_dies_twice_is_recorded_as_failed(tmp_path, cluster):
     assert not sweep.is_complete(sweep_dir / "doomed")
 
 
-def test_a_worker_whose_checkout_differs_from_the_sweeps_refuses_the_run(tmp_path):
+def test_a_worker_whose_checkout_differs_from_the_sweeps_refuses_the_run(tmp_path, bare_cluster):
     other = tmp_path / "other-checkout"
     (other / "notebooks").mkdir(parents=True)
     shutil.copy(REPO / "notebooks" / "sentiment_lstm.ipynb", other / "notebooks")
     (other / "helpers.py").write_text((REPO / "helpers.py").read_text(encoding="utf-8") + "\n# a local change\n",
                                       encoding="utf-8")
-    cluster = Cluster(tmp_path)
-    try:
-        cluster.add_worker(SENTIMENT_LSTM_REPO=str(other))  # its only worker
-        spec = write_sweep(tmp_path, "elsewhere", [{"name": "elsewhere"}])
-        start_time = time.monotonic()
-        sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", scheduler=cluster.address, log=lambda *a: None)
-    finally:
-        cluster.stop()
+    bare_cluster.add_worker(SENTIMENT_LSTM_REPO=str(other))  # its only worker
+    spec = write_sweep(tmp_path, "elsewhere", [{"name": "elsewhere"}])
+    start_time = time.monotonic()
+    sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", scheduler=bare_cluster.address, log=lambda *a: None)
     assert failed == ["elsewhere"]
     error = (sweep_dir / "elsewhere" / "error.txt").read_text()
     assert f"helpers.py in {other.resolve()} differ from the sweep's; check out the same commit there" in error
@@ -383,7 +411,7 @@ async def dask_setup(worker):
 '''
 
 
-def test_a_hostile_worker_runs_code_in_the_sweeps_process_and_its_result_is_refused(tmp_path):
+def test_a_hostile_worker_runs_code_in_the_sweeps_process_and_its_result_is_refused(tmp_path, bare_cluster):
     """Issue 32. Dask unpickles whatever a worker sends, before the sweep's code sees it: a worker holding the
     cluster's certificate (here plain tcp on localhost) can run code on the machine running sweep.py. The
     README says so; what the sweep can do, it does: the result, not a run's plain data, is refused and
@@ -391,19 +419,10 @@ def test_a_hostile_worker_runs_code_in_the_sweeps_process_and_its_result_is_refu
     plugin = tmp_path / "hostile_plugin.py"
     plugin.write_text(HOSTILE_PLUGIN)
     marker = tmp_path / "marker"
-    cluster = Cluster(tmp_path)
-    try:
-        address = f"tcp://127.0.0.1:{free_port()}"
-        process = start([str(DASK), "worker", cluster.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
-                         "--listen-address", address, "--death-timeout", "20", "--preload", str(plugin)],
-                        cluster.log, env=dict(os.environ, HOSTILE_MARKER=str(marker)))
-        cluster.processes.append(process)
-        cluster.wait_for_workers(1)
-        spec = write_sweep(tmp_path, "hostile", [{"name": "evil"}])
-        lines = []
-        sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", scheduler=cluster.address, log=lines.append)
-    finally:
-        cluster.stop()
+    bare_cluster.add_worker(arguments=("--preload", str(plugin)), HOSTILE_MARKER=str(marker))  # its only worker
+    spec = write_sweep(tmp_path, "hostile", [{"name": "evil"}])
+    lines = []
+    sweep_dir, failed = sweep.run_sweep(spec, tmp_path / "runs", scheduler=bare_cluster.address, log=lines.append)
     assert marker.exists()  # the payload ran in this process: the trust model the README states
     assert failed == ["evil"]
     assert "not a run's plain data" in (sweep_dir / "evil" / "error.txt").read_text()

@@ -346,3 +346,14 @@ def test_the_recorded_best_valid_acc_is_read_at_the_best_epoch_not_the_last():
     assert values["best_valid_acc"].startswith("history['valid_acc'][stopper.best_epoch - 1] if ")
     assert values["best_valid_loss"].startswith("stopper.best_loss if ")
     assert values["best_epoch"].startswith("stopper.best_epoch if ")
+
+
+def test_the_training_progress_hands_freed_memory_back_after_each_step(monkeypatch):
+    """Issue 35: train_epoch reads like the bare loop; the memory trimming it had moved into helpers.progress,
+    which trims after each batch's work (when the loop asks for the next), never before the first."""
+    calls = []
+    monkeypatch.setattr(helpers, "return_freed_memory", lambda above_mib=None: calls.append(("trim", above_mib)))
+    for item in helpers.progress(["a", "b"], "training", trim_above_mib=1700):
+        calls.append(("step", item))
+    assert calls == [("step", "a"), ("trim", 1700), ("step", "b"), ("trim", 1700)]
+    assert list(helpers.progress(["a"], "evaluation")) == ["a"] and calls[-1] == ("trim", 1700)  # no trimming asked
