@@ -169,7 +169,8 @@ def test_the_lessons_summary_quotes_the_seeds_records():
     summary_cell = next("".join(c["source"]) for c in cells if "".join(c["source"]).startswith("## Summary"))
     text = " ".join(summary_cell.split())
     assert (f"Over {words[len(runs)]} full-data seeds (research record, section 10), IMDB test accuracy: n-grams "
-            f"{mean['ngram']:.4f}, fitted in a minute, against the LSTM's {mean['lstm']:.4f} ({verdict}); the two "
+            f"{mean['ngram']:.4f}, fitted in minutes, against the LSTM's {mean['lstm']:.4f} ({verdict} of seeds and "
+            f"test set); the two "
             f"combined {mean['combined']:.4f}.") in text
     leads = [float(ood[k]["lstm_minus_ngram_points"]) for k in ("amazon", "yelp")]
     assert f"the LSTM leads the n-grams by {min(leads):.0f} to {max(leads):.0f} points" in text

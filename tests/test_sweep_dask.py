@@ -14,6 +14,7 @@ waits for the executed notebook papermill writes there (with a cell the kernel h
 before it kills that worker: papermill and its kernel are provably working.
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -100,16 +101,21 @@ class Cluster:
                                      tls_client_key=tls["tls_key"], require_encryption=True)
         self.log = open(self.folder / "dask.log", "a")  # noqa: SIM115 (closed in stop(), after the processes)
         self.processes, self.workers, self.tmpdirs = [], {}, {}
+        self.numbers = itertools.count()  # of the workers' TMPDIRs
+        self.start_scheduler()
+
+    def start_scheduler(self):
         self.processes.append(start([str(DASK), "scheduler", "--host", "127.0.0.1",
                                      "--port", self.address.rsplit(":", 1)[1], "--no-dashboard",
-                                     *(["--protocol", "tls", *tls_arguments(tls)] if tls else [])], self.log))
+                                     *(["--protocol", "tls", *tls_arguments(self.tls)] if self.tls else [])],
+                                    self.log))
 
     def add_worker(self, tls="same", wait=True, death_timeout=20, arguments=(), **env):
         """Start a one-thread worker with its own TMPDIR (and any further `dask worker` arguments); returns its
         address."""
         tls = self.tls if tls == "same" else tls
         address = f"{self.protocol}://127.0.0.1:{free_port()}"
-        tmpdir = self.folder / f"worker-tmp-{len(self.processes)}"
+        tmpdir = self.folder / f"worker-tmp-{next(self.numbers)}"
         tmpdir.mkdir()
         process = start([str(DASK), "worker", self.address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
                          "--listen-address", address, "--death-timeout", str(death_timeout),
@@ -124,7 +130,7 @@ class Cluster:
     def client(self, **kwargs):
         from distributed import Client
 
-        return Client(self.address, timeout="30s", security=self.security, **kwargs)
+        return Client(self.address, timeout="60s", security=self.security, **kwargs)
 
     def wait_for_workers(self, n):
         with self.client() as client:
@@ -150,6 +156,25 @@ class Cluster:
                                          f"are not {sorted(self.workers)} after {timeout} s")
                 time.sleep(0.1)
 
+    def busy(self, grace=10):
+        """Whether the scheduler still holds tasks after `grace` seconds: a sweep that a failed test left running."""
+        deadline = time.monotonic() + grace
+        with self.client() as client:
+            while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+                if time.monotonic() > deadline:
+                    return True
+                time.sleep(0.2)
+        return False
+
+    def restart(self):
+        """Every process stopped, and a new scheduler, on a new port, with no worker: a sweep left running by a
+        failed test, and its workers, reach no later test."""
+        for process in self.processes:
+            stop(process)
+        self.processes, self.workers, self.tmpdirs = [], {}, {}
+        self.address = f"{self.protocol}://127.0.0.1:{free_port()}"
+        self.start_scheduler()
+
     def stop(self):
         for process in self.processes:
             stop(process)
@@ -168,9 +193,12 @@ def tcp_cluster(tmp_path_factory):
 
 @pytest.fixture
 def cluster(tcp_cluster):
-    """The module's scheduler with two live one-thread workers: those the test before left, topped up."""
+    """The module's scheduler with two live one-thread workers: those the test before left, topped up. A test
+    that leaves a sweep running (it failed) leaves the next a new scheduler."""
     tcp_cluster.keep_workers(2)
-    return tcp_cluster
+    yield tcp_cluster
+    if tcp_cluster.busy():
+        tcp_cluster.restart()
 
 
 @pytest.fixture
@@ -178,6 +206,8 @@ def bare_cluster(tcp_cluster):
     """The module's scheduler with no worker, for a test that adds its own; they are stopped after it."""
     tcp_cluster.keep_workers(0)
     yield tcp_cluster
+    if tcp_cluster.busy():
+        tcp_cluster.restart()
     tcp_cluster.keep_workers(0)
 
 
