@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+# --------------------------------------------------------------------------- the stack and parameters
 # Threads that wait for work sleep instead of spinning, so that runs sharing cores (a sweep's JOBS=2, a class's
 # kernels, a parallel test suite) do not starve each other: two runs at once took 9+ min each with spinning
 # threads, 83 s for both without. OpenMP reads this when torch loads: here it is set before `import torch` below;
@@ -116,16 +117,7 @@ SAMPLE_DIR = DATA_DIR / "sample" / "aclImdb"
 CACHE_DIR = Path(os.environ.get("SENTIMENT_CACHE_DIR") or DATA_DIR / "cache")
 RUNS_DIR = REPO_DIR / "runs"
 
-# The authors' archive, the same URL and checksum torchtext's IMDB loader uses.
-IMDB_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
-IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
-IMDB_FOLDERS = ("train/pos", "train/neg", "test/pos", "test/neg")
 
-PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
-LABEL_NAMES = ("negative", "positive")
-
-
-# --------------------------------------------------------------------------- parameters
 @dataclass(frozen=True)
 class ParamSpec:
     """What one notebook parameter accepts."""
@@ -261,7 +253,6 @@ def injected_parameters(history, parameters_marker=PARAMETERS_MARKER):
     return {}
 
 
-# --------------------------------------------------------------------------- setup
 def set_seed(seed):
     """Seed Python, numpy and torch so that a run can be repeated."""
     random.seed(seed)
@@ -285,16 +276,6 @@ def choose_device(name="auto"):
     if name not in ("cpu", "cuda"):
         raise ValueError(f"device={name!r} is not one of 'auto', 'cpu', 'cuda'")
     return torch.device(name)
-
-
-def environment_info(device):
-    """Versions and hardware of this run, for metrics.json."""
-    info = {"python": platform.python_version(), "torch": torch.__version__, "torchtext": torchtext.__version__,
-            "numpy": np.__version__, "device": str(device), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 RUN_DIR_BEFORE_A_RUN = ("sentiment_lstm.ipynb", "edited_source.ipynb", "figures")  # papermill's, a sweep's, ours
@@ -327,82 +308,19 @@ def new_run_dir(run_dir="", runs_dir=RUNS_DIR):
     return run_dir
 
 
-def peak_memory_mib(device):
-    """Peak resident memory so far in MiB: this process's, its largest finished child's (0 if none; the whole run
-    peaks at most at their sum), and on a GPU peak tensor memory."""
-    peak = {}
-    try:
-        import resource
-    except ImportError:  # Windows has no resource module
-        resource = None
-    if resource is not None:
-        scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss is in bytes there, KiB on Linux
-        peak["cpu_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-        peak["children_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale
-    if device.type == "cuda":
-        peak["gpu_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return peak
-
-
-# A training step frees its activations, but glibc may keep the freed pages (a fragmented heap): a run then
-# grows step by step, more in some runs than in others. Above this resident size, a step hands them back.
-TRIM_ABOVE_MIB = 1_700
-
-
-def resident_mib():
-    """This process's resident memory now, in MiB (from /proc/self/statm); None where that cannot be read."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError, AttributeError):  # no /proc (macOS, Windows)
-        return None
-
-
-def return_freed_memory(above_mib=None):
-    """Hand memory freed by Python and torch back to the OS (glibc's malloc_trim); a no-op where there is none.
-
-    With above_mib, only when the process's resident memory is above it (a cheap check, fit for every training
-    step: trimming costs page faults when the memory is used again). Returns whether it trimmed.
-    """
-    if above_mib is not None:
-        resident = resident_mib()
-        if resident is None or resident <= above_mib:
-            return False
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return False
-    return True
-
-
-# --------------------------------------------------------------------------- files and data
-def write_atomic(path, data):
-    """Write bytes or text to path through a temporary file, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path, obj):
-    """Write obj as indented JSON, atomically."""
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def shown_path(path):
     """A path as a run reports it: relative to the repository when inside it, so no machine's folders show."""
     path = Path(path).resolve()
     return path.relative_to(REPO_DIR).as_posix() if path.is_relative_to(REPO_DIR) else str(path)
+
+
+# --------------------------------------------------------------------------- 1. the data
+# The authors' archive, the same URL and checksum torchtext's IMDB loader uses.
+IMDB_URL = "http://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
+IMDB_FOLDERS = ("train/pos", "train/neg", "test/pos", "test/neg")
+
+LABEL_NAMES = ("negative", "positive")
 
 
 def md5sum(path, chunk_size=1 << 20, algorithm="md5"):
@@ -593,187 +511,35 @@ def read_imdb(root, split):
     return texts, labels
 
 
-# --------------------------------------------------------------------------- reviews that are not IMDB's
-OOD_DIR = DATA_DIR / "ood"  # where downloaded out-of-domain sets are kept
-SENTENCES_ZIP_URL = "https://archive.ics.uci.edu/static/public/331/sentiment+labelled+sentences.zip"
-POLARITY_URL = "http://www.cs.cornell.edu/people/pabo/movie-review-data/review_polarity.tar.gz"
-# The polarity archive holds 2,000 reviews of 3 MB in all: anything much bigger is not that archive.
-POLARITY_MAX_MEMBERS, POLARITY_MAX_BYTES = 2_100, 16 << 20
-SENTENCES_MAX_BYTES = 1 << 20  # each Kotzias et al. file is about 60 kB
+class Table:
+    """A small table: HTML in Jupyter, aligned text elsewhere; floats rounded to `digits`."""
+
+    def __init__(self, rows, columns, digits=4):
+        self.rows, self.columns, self.digits = [list(r) for r in rows], list(columns), digits
+
+    @classmethod
+    def from_dict(cls, values, columns=("", "value"), digits=4):
+        return cls(list(values.items()), columns, digits)
+
+    def _cell(self, value):
+        if isinstance(value, float):
+            return f"{value:.{self.digits}f}"
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    def _repr_html_(self):
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(self._cell(v))}</td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self):
+        cells = [[str(c) for c in self.columns]] + [[self._cell(v) for v in row] for row in self.rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+                         for row in cells)
 
 
-@dataclass(frozen=True)
-class OutOfDomainSet:
-    """One labelled set from outside IMDB: where it comes from, its checksum and its role here."""
-
-    name: str  # its key in metrics.json and logits.npz
-    title: str
-    role: str  # "development": out-of-domain choices may look at it; "evaluation only": never
-    file: str
-    sha256: str
-    url: str  # the authors' download: the file itself, or a zip holding it
-    reader: str  # the name of the function in this module that reads it
-
-
-OOD_SETS = (
-    OutOfDomainSet("amazon", "Amazon: phones and accessories, one sentence each", "development",
-                   "amazon_cells_labelled.txt",
-                   "47003fc0a0d4840b00e96e715b6189bad09e7443a3da41c4cbe12ffc79f86ae3", SENTENCES_ZIP_URL,
-                   "read_labelled_sentences"),
-    OutOfDomainSet("yelp", "Yelp: restaurants, one sentence each", "evaluation only", "yelp_labelled.txt",
-                   "b565b1eeb864d76842588c3a256731b08bcdd9faf6de507bfe211a96f8b81912", SENTENCES_ZIP_URL,
-                   "read_labelled_sentences"),
-    OutOfDomainSet("polarity", "Pang & Lee: full-length movie reviews, Usenet before 2002", "evaluation only",
-                   "review_polarity.tar.gz",
-                   "fc0dccc2671af5db3c5d8f81f77a1ebfec953ecdd422334062df61ede36b2179", POLARITY_URL,
-                   "read_polarity"),
-)
-
-
-def sha256sum(path):
-    """The SHA-256 hex digest of a file (the out-of-domain sets' published checksums)."""
-    return md5sum(path, algorithm="sha256")
-
-
-def read_labelled_sentences(path):
-    """Kotzias et al.'s format, a sentence, a tab and 1 (positive) or 0 (negative) a line: (texts, labels)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist or is not a file")
-    if path.stat().st_size > SENTENCES_MAX_BYTES:
-        raise ValueError(f"{path} holds {path.stat().st_size:,} bytes, more than a labelled-sentences file "
-                         f"({SENTENCES_MAX_BYTES:,} at most)")
-    texts, labels = [], []
-    for number, line in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
-            continue
-        text, tab, label = line.rpartition("\t")
-        if not tab or label.strip() not in ("0", "1") or not text.strip():
-            raise ValueError(f"{path}, line {number}: expected a sentence, a tab and 0 or 1, got {line[:80]!r}")
-        texts.append(text.strip())
-        labels.append(int(label))
-    if not texts:
-        raise ValueError(f"{path} holds no labelled sentence")
-    return texts, labels
-
-
-def read_polarity(path):
-    """Pang & Lee's polarity v2.0 archive, read without extracting it: (texts, labels), negatives first.
-
-    Each review is lower-cased and tokenized by its authors, a sentence a line; its lines are joined by spaces.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist or is not a file")
-    found = {0: [], 1: []}
-    total = 0
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for count, member in enumerate(tar, start=1):
-                if count > POLARITY_MAX_MEMBERS:
-                    raise ValueError(f"{path} holds over {POLARITY_MAX_MEMBERS:,} members: not the polarity archive")
-                parts = member.name.split("/")
-                if not member.isfile() or len(parts) != 3 or parts[0] != "txt_sentoken" or parts[1] not in (
-                        "neg", "pos") or not parts[2].endswith(".txt"):
-                    continue  # the README, folders: nothing else is read
-                total += member.size
-                if total > POLARITY_MAX_BYTES:
-                    raise ValueError(f"{path} expands to more than {POLARITY_MAX_BYTES:,} bytes of reviews: "
-                                     "not the polarity archive")
-                data = tar.extractfile(member).read()
-                found[int(parts[1] == "pos")].append((parts[2], " ".join(data.decode("utf-8", "replace").split())))
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise ValueError(f"{path} is truncated or not a valid tar.gz archive ({err})") from err
-    if not found[0] or not found[1]:
-        raise ValueError(f"{path} lacks txt_sentoken/neg/*.txt or txt_sentoken/pos/*.txt: not the polarity archive")
-    texts, labels = [], []
-    for label in (0, 1):
-        texts += [text for _, text in sorted(found[label])]
-        labels += [label] * len(found[label])
-    return texts, labels
-
-
-def _download_ood(spec, folder, timeout=20):
-    """Fetch spec's file from its authors into folder (from inside their zip where they publish one)."""
-    target = Path(folder) / spec.file
-    if not spec.url.endswith(".zip"):
-        return download(spec.url, target, progress=False, timeout=timeout)
-    import zipfile
-
-    archive = download(spec.url, Path(folder) / Path(spec.url).name, progress=False, timeout=timeout)
-    with zipfile.ZipFile(archive) as bundle:
-        member = next((info for info in bundle.infolist() if Path(info.filename).name == spec.file
-                       and not info.filename.startswith("__MACOSX")), None)
-        if member is None or member.file_size > SENTENCES_MAX_BYTES:
-            raise ValueError(f"{archive} holds no {spec.file} of the expected size")
-        write_atomic(target, bundle.read(member))
-    return target
-
-
-def find_ood_set(spec, folder="", download_missing=True, log=print):
-    """The path of one out-of-domain set, or None (with a note) where it is neither given nor downloadable.
-
-    Looked for in `folder` (a local copy, as imdb_archive is), then in data/ood/, then downloaded there.
-    A download must match the published SHA-256; a local copy that does not is used, and the note says so.
-    """
-    for place in ([Path(folder)] if folder else []) + [OOD_DIR]:
-        path = place / spec.file
-        if path.is_file():
-            if (actual := sha256sum(path)) != spec.sha256:
-                log(f"note: {shown_path(path)} is not the published {spec.file} (SHA-256 {actual[:12]}…): "
-                    "its figures are not comparable with the README's")
-            return path
-    if folder and not Path(folder).is_dir():
-        raise FileNotFoundError(f"ood_data {folder} is not a folder")
-    if not download_missing:
-        log(f"note: {spec.file} not found{f' in {folder}' if folder else ''}; the {spec.name} set is skipped")
-        return None
-    try:
-        path = _download_ood(spec, OOD_DIR)
-    except (ConnectionError, ValueError, OSError) as err:
-        log(f"note: {spec.file} is not in {folder or shown_path(OOD_DIR)} and could not be downloaded "
-            f"({str(err).split('. ')[0]}); the {spec.name} set is skipped")
-        return None
-    if (actual := sha256sum(path)) != spec.sha256:
-        path.unlink()
-        raise ValueError(f"the download of {spec.file} has SHA-256 {actual}, not the published {spec.sha256}; "
-                         "it was deleted")
-    return path
-
-
-@dataclass
-class OutOfDomainData:
-    """One out-of-domain set as read: its texts, their tokens and labels, what it is and its file's SHA-256."""
-
-    texts: list
-    tokens: list
-    labels: list
-    spec: OutOfDomainSet
-    sha256: str
-
-
-def load_ood_sets(folder="", download_missing=True, log=print, cache_dir=None):
-    """{name: OutOfDomainData} for each out-of-domain set found (OOD_SETS, in their order), tokenized.
-
-    A text with no tokens (nothing to classify) is left out, and the note says how many.
-    """
-    loaded = {}
-    for spec in OOD_SETS:
-        path = find_ood_set(spec, folder, download_missing, log)
-        if path is None:
-            continue
-        texts, labels = globals()[spec.reader](path)
-        tokens = tokenize_all(texts, **({} if cache_dir is None else {"cache_dir": cache_dir}))
-        kept = [i for i, t in enumerate(tokens) if t]
-        if len(kept) < len(texts):
-            log(f"note: {len(texts) - len(kept)} texts of {spec.file} have no words once cleaned; left out")
-        loaded[spec.name] = OutOfDomainData([texts[i] for i in kept], [tokens[i] for i in kept],
-                                            [labels[i] for i in kept], spec, sha256sum(path))
-    return loaded
-
-
-# --------------------------------------------------------------------------- text
+# --------------------------------------------------------------------------- 2. preprocessing
 _BREAK = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
 _TAG = re.compile(r"<[^>]{0,200}>")
 # torchtext 0.18's basic_english tokenizer (torchtext/data/utils.py, _basic_english_normalize):
@@ -830,6 +596,9 @@ def tokenize_all(texts, cache_dir=CACHE_DIR):
     if all(token.split() == [token] for token in set().union(*token_lists)):
         write_atomic(path, "".join(" ".join(tokens) + "\n" for tokens in token_lists))
     return token_lists
+
+
+PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 
 
 class _Vocab:
@@ -969,7 +738,60 @@ def stratified_subset(indices, labels, size, seed, name="train_size"):
     return sorted(chosen)
 
 
-# --------------------------------------------------------------------------- word vectors
+def pad_batch(sequences, pad_index=0):
+    """Right-pad id lists or arrays into a [batch, max_len] tensor; returns (tokens, lengths)."""
+    lengths = torch.tensor([max(len(s), 1) for s in sequences], dtype=torch.long)
+    tokens = torch.full((len(sequences), int(lengths.max())), pad_index, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        tokens[row, : len(seq)] = torch.as_tensor(seq)
+    return tokens, lengths
+
+
+class BucketBatches:
+    """Batches of reviews of similar length (sorted within shuffled pools of batches), so little is padding.
+
+    Unshuffled, batches follow length order. The last, smaller batch is kept.
+    """
+
+    def __init__(self, sequences, labels, batch_size, shuffle=False, seed=0, pool_batches=50, pad_index=0):
+        if len(sequences) != len(labels):
+            raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
+        self.sequences, self.labels = sequences, labels
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.pool_size, self.pad_index = batch_size * pool_batches, pad_index
+        self.epoch = 0
+
+    def __len__(self):
+        return math.ceil(len(self.sequences) / self.batch_size)
+
+    def padding_fraction(self):
+        """The share of token slots in this epoch's batches that are padding."""
+        lengths = np.array([max(len(s), 1) for s in self.sequences])
+        padded = sum(len(idx) * lengths[idx].max() for idx in self.batch_indices())
+        return 1 - lengths.sum() / padded
+
+    def batch_indices(self):
+        """The example indices of each batch, for this epoch."""
+        lengths = np.array([len(s) for s in self.sequences])
+        if not self.shuffle:
+            order = np.argsort(lengths, kind="stable")
+            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(lengths))
+        batches = []
+        for start in range(0, len(order), self.pool_size):
+            pool = order[start : start + self.pool_size]
+            pool = pool[np.argsort(lengths[pool], kind="stable")]
+            batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        for idx in self.batch_indices():
+            tokens, lengths = pad_batch([self.sequences[i] for i in idx], self.pad_index)
+            yield tokens, lengths, torch.tensor([self.labels[i] for i in idx], dtype=torch.float32), idx
+        self.epoch += 1
+
+
 def cooccurrence_matrix(id_lists, vocab_size, window=5, ignore=(0, 1), n_chunks=8):
     """Symmetric sparse [vocab_size, vocab_size] counts of token pairs within `window`, d tokens apart counting 1/d.
 
@@ -1185,356 +1007,6 @@ def nearest_words(vectors, vocab, word, k=8):
     return vocab.lookup_tokens(similarity.topk(k).indices.tolist())
 
 
-# --------------------------------------------------------------------------- batching and model parts
-def pad_batch(sequences, pad_index=0):
-    """Right-pad id lists or arrays into a [batch, max_len] tensor; returns (tokens, lengths)."""
-    lengths = torch.tensor([max(len(s), 1) for s in sequences], dtype=torch.long)
-    tokens = torch.full((len(sequences), int(lengths.max())), pad_index, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        tokens[row, : len(seq)] = torch.as_tensor(seq)
-    return tokens, lengths
-
-
-class BucketBatches:
-    """Batches of reviews of similar length (sorted within shuffled pools of batches), so little is padding.
-
-    Unshuffled, batches follow length order. The last, smaller batch is kept.
-    """
-
-    def __init__(self, sequences, labels, batch_size, shuffle=False, seed=0, pool_batches=50, pad_index=0):
-        if len(sequences) != len(labels):
-            raise ValueError(f"{len(sequences)} sequences but {len(labels)} labels")
-        self.sequences, self.labels = sequences, labels
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.pool_size, self.pad_index = batch_size * pool_batches, pad_index
-        self.epoch = 0
-
-    def __len__(self):
-        return math.ceil(len(self.sequences) / self.batch_size)
-
-    def padding_fraction(self):
-        """The share of token slots in this epoch's batches that are padding."""
-        lengths = np.array([max(len(s), 1) for s in self.sequences])
-        padded = sum(len(idx) * lengths[idx].max() for idx in self.batch_indices())
-        return 1 - lengths.sum() / padded
-
-    def batch_indices(self):
-        """The example indices of each batch, for this epoch."""
-        lengths = np.array([len(s) for s in self.sequences])
-        if not self.shuffle:
-            order = np.argsort(lengths, kind="stable")
-            return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(lengths))
-        batches = []
-        for start in range(0, len(order), self.pool_size):
-            pool = order[start : start + self.pool_size]
-            pool = pool[np.argsort(lengths[pool], kind="stable")]
-            batches.extend(pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size))
-        return [batches[i] for i in rng.permutation(len(batches))]
-
-    def __iter__(self):
-        for idx in self.batch_indices():
-            tokens, lengths = pad_batch([self.sequences[i] for i in idx], self.pad_index)
-            yield tokens, lengths, torch.tensor([self.labels[i] for i in idx], dtype=torch.float32), idx
-        self.epoch += 1
-
-
-# At most this many token slots (reviews x padded length) go through the LSTM with gradients at once:
-# 64 reviews of 400 tokens. Training and explanations cut longer batches into parts (batch_parts).
-MAX_BATCH_TOKENS = 25_600
-
-
-def batch_parts(n_reviews, seq_len, max_tokens=MAX_BATCH_TOKENS):
-    """Slices cutting a batch of n_reviews padded to seq_len into near-equal parts of at most max_tokens tokens.
-
-    Losses weighted by each part's share give the whole batch's gradients, holding one part's activations.
-    """
-    if n_reviews < 1 or seq_len < 1 or max_tokens < 1:
-        raise ValueError(f"batch_parts needs positive sizes, got {n_reviews} reviews of {seq_len} tokens, "
-                         f"at most {max_tokens} tokens a part")
-    n_parts = math.ceil(n_reviews / max(1, max_tokens // seq_len))
-    bounds = [round(k * n_reviews / n_parts) for k in range(n_parts + 1)]
-    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
-
-
-def reverse_padded(x, lengths):
-    """Reverse each sequence's first `length` steps of x [batch, seq_len, features], leaving padding at the end."""
-    positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # [1, seq_len]
-    lengths = lengths.to(x.device).unsqueeze(1)  # [batch, 1]
-    index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # [batch, seq_len]
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
-
-
-def padding_mask(lengths, seq_len):
-    """A [batch, seq_len] bool mask, True at real tokens."""
-    return torch.arange(seq_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def pool_over_time(outputs, lengths, how):
-    """Summarise [batch, seq_len, features] outputs per review, ignoring padding; see POOLINGS."""
-    if how == "max+mean":
-        return torch.cat([pool_over_time(outputs, lengths, "max"), pool_over_time(outputs, lengths, "mean")], dim=1)
-    lengths = lengths.to(outputs.device)
-    if how == "last":
-        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
-        return outputs.gather(1, index).squeeze(1)
-    mask = padding_mask(lengths, outputs.size(1)).unsqueeze(-1)  # [batch, seq_len, 1]
-    if how == "max":
-        return outputs.masked_fill(~mask, float("-inf")).max(dim=1).values
-    if how == "mean":
-        return (outputs * mask).sum(dim=1) / lengths.unsqueeze(1).to(outputs.dtype)
-    raise ValueError(f"pooling={how!r} is not one of {', '.join(map(repr, POOLINGS))}")
-
-
-def count_parameters(model):
-    """The number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# --------------------------------------------------------------------------- training plumbing
-def interactive_frontend():
-    """True in JupyterLab or Notebook (jupyter_server sets JPY_SESSION_NAME); False under papermill and nbval."""
-    return "JPY_SESSION_NAME" in os.environ
-
-
-def progress(iterable, desc, total=None):
-    """A live progress bar over iterable in JupyterLab (a widget), nothing extra in batch runs."""
-    if not interactive_frontend():
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, leave=False, mininterval=1.0)
-
-
-class EarlyStopping:
-    """Keep the best epoch by validation loss, saving its checkpoint; should_stop after `patience` worse epochs."""
-
-    def __init__(self, patience, checkpoint_dir, vocab=None, config=None):
-        self.patience, self.checkpoint_dir = patience, Path(checkpoint_dir)
-        self.vocab, self.config = vocab, config
-        self.best_loss, self.best_epoch, self.epoch = float("inf"), 0, 0
-
-    def update(self, epoch, valid_loss, model):
-        """Record one epoch's validation loss; save a checkpoint and return True if it is the best so far."""
-        self.epoch = epoch
-        if valid_loss < self.best_loss:
-            self.best_loss, self.best_epoch = valid_loss, epoch
-            save_checkpoint(self.checkpoint_dir, model, self.vocab, self.config)
-            return True
-        return False
-
-    @property
-    def should_stop(self):
-        return self.epoch - self.best_epoch >= self.patience
-
-
-class StopOnInterrupt:
-    """A `with` block that ends quietly on KeyboardInterrupt (the kernel's stop button) and remembers it."""
-
-    interrupted = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            self.interrupted = True
-            return True  # the exception is handled: the notebook goes on with what was saved
-        return False
-
-
-# --------------------------------------------------------------------------- prediction and metrics
-@torch.no_grad()
-def predict_logits(model, batches, device):
-    """The model's logit for every example of batches, in the examples' original order."""
-    model.eval()
-    logits = np.zeros(len(batches.sequences), dtype=np.float64)
-    predicted = np.zeros(len(batches.sequences), dtype=bool)
-    for tokens, lengths, _, idx in batches:
-        logits[idx] = model(tokens.to(device), lengths).double().cpu().numpy()  # back to the examples' places
-        predicted[idx] = True
-        if len(idx) > 1:  # not for predict_review's single reviews, where it would only add latency
-            # Batches in length order need ever larger buffers, and the allocator keeps the smaller ones it
-            # cannot reuse: over the 25,000 test reviews the process grew by about 0.3 GiB without this.
-            return_freed_memory()
-    if not predicted.all():  # an example no batch held would otherwise get a silent logit of 0
-        raise RuntimeError(f"the batches left {int((~predicted).sum())} of {len(logits)} examples without a logit")
-    return logits
-
-
-def sigmoid(logits):
-    """The logistic function, for numpy arrays of logits."""
-    return np.exp(-np.logaddexp(0, -np.asarray(logits, dtype=np.float64)))  # no overflow for large |logit|
-
-
-def review_tokens(text, number=None):
-    """The tokens of one review to classify, or an error saying why it is not one."""
-    which = "the review" if number is None else f"review {number}"
-    if not isinstance(text, str):
-        raise TypeError(f"a review must be a str, got {type(text).__name__}" + ("" if number is None else
-                                                                                f" (item {number})"))
-    if not text.strip():
-        raise ValueError(f"{which} is empty or only whitespace; there is nothing to classify")
-    tokens = tokenize(text)
-    if not tokens:
-        raise ValueError(f"{which} has no words once HTML markup is removed: {text[:60]!r}")
-    return tokens
-
-
-def predict_proba(model, texts, vocab, max_length, device, batch_size=64):
-    """Probability of 'positive' for each text; each review is read up to its first max_length tokens."""
-    for i, text in enumerate(texts):  # every type checked before any tokenizing
-        if not isinstance(text, str):
-            raise TypeError(f"a review must be a str, got {type(text).__name__} (item {i})")
-    token_lists = [review_tokens(text, i) for i, text in enumerate(texts)]
-    encoded = [numericalize(tokens, vocab, max_length) for tokens in token_lists]
-    return sigmoid(predict_logits(model, BucketBatches(encoded, [0] * len(encoded), batch_size), device))
-
-
-def binary_metrics(probs, labels, threshold=0.5):
-    """Loss, accuracy, precision, recall, F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
-    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    predicted = probs >= threshold
-    tp = int(np.sum(predicted & (labels == 1)))
-    tn = int(np.sum(~predicted & (labels == 0)))
-    fp = int(np.sum(predicted & (labels == 0)))
-    fn = int(np.sum(~predicted & (labels == 1)))
-    clipped = np.clip(probs, 1e-7, 1 - 1e-7)  # keeps log(0) finite, as torch's BCE loss clamps it
-    loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"loss": loss, "accuracy": (tp + tn) / len(labels), "precision": precision, "recall": recall,
-            "f1": f1, "confusion_matrix": [[tn, fp], [fn, tp]]}
-
-
-def known_fraction(text, vocab):
-    """The share of a text's tokens that the vocabulary knows."""
-    tokens = tokenize(text)
-    unk = vocab[UNK_TOKEN]
-    return sum(vocab[t] != unk for t in tokens) / max(len(tokens), 1)
-
-
-PREDICTION_EXCERPT_CHARS = 300  # predictions.csv shows each review's start, enough to recognise it
-MAX_REVIEW_LINE_BYTES = 1 << 20  # a review line longer than this (the longest IMDB review: 14 KB) is refused
-PREDICTION_BATCH = 256  # reviews read, classified and written at a time by predict_review_file
-MAX_SKIPPED_SHOWN = 100  # line numbers of word-less lines that predict_review_file returns
-
-
-def _prediction_row(number, review, probs):
-    """One line of predictions.csv: the label follows probs[0] (the combined model's), then every probability,
-    and the review cut to PREDICTION_EXCERPT_CHARS (with "…" where cut)."""
-    excerpt = review if len(review) <= PREDICTION_EXCERPT_CHARS else review[:PREDICTION_EXCERPT_CHARS] + "…"
-    shown = ",".join(f"{prob:.6f}" for prob in probs)
-    return f'{number},{LABEL_NAMES[int(probs[0] >= 0.5)]},{shown},"{excerpt.replace(chr(34), chr(34) * 2)}"\n'
-
-
-def predictions_header(columns=("prob_positive",)):
-    """The first line of predictions.csv."""
-    return ",".join(["line", "label", *columns, "review"]) + "\n"
-
-
-def write_predictions(path, line_numbers, reviews, probabilities, lstm=None, ngram=None):
-    """Write predictions.csv: line number, label, probability of positive (and each part's, where given) and the
-    review's start (an excerpt)."""
-    parts = {"prob_positive": probabilities, "prob_lstm": lstm, "prob_ngram": ngram}
-    parts = {name: np.asarray(values, dtype=np.float64) for name, values in parts.items() if values is not None}
-    columns = np.column_stack(list(parts.values()))
-    rows = [_prediction_row(*row) for row in zip(line_numbers, reviews, columns, strict=True)]
-    write_atomic(path, predictions_header(tuple(parts)) + "".join(rows))
-
-
-def iter_review_lines(path):
-    """(line number, review or None if the line has no words) for each line of a UTF-8 file, read line by line.
-
-    Lines end at \\n or \\r\\n only: \\x85 (in 321 of IMDB's test reviews) or U+2028 stay inside a review.
-    A line longer than MAX_REVIEW_LINE_BYTES is refused, so memory is bounded by a line, not the file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"predict_file {path} is a folder, not a text file")
-    if not path.is_file():
-        raise FileNotFoundError(f"predict_file {path} does not exist or is not a regular file")
-    with open(path, "rb") as f:  # bytes: no universal-newline translation of a lone \r
-        for number in itertools.count(1):
-            raw = f.readline(MAX_REVIEW_LINE_BYTES + 1)
-            if not raw:
-                return
-            if len(raw) > MAX_REVIEW_LINE_BYTES:
-                raise ValueError(f"predict_file {path}: line {number} is longer than {MAX_REVIEW_LINE_BYTES:,} bytes; "
-                                 "one review per line is expected")
-            try:
-                line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"predict_file {path} is not UTF-8 text (line {number}, byte {err.start} of it); "
-                                 "save it as UTF-8") from err
-            yield number, line if _basic_english(clean_text(line)) else None  # not interned: no growth
-
-
-def read_review_file(path):
-    """Read one review per line: returns (reviews, their line numbers, the numbers of lines with no words).
-
-    Holds every review; predict_review_file classifies a file of any size a batch at a time.
-    """
-    reviews, numbers, skipped = [], [], []
-    for number, review in iter_review_lines(path):
-        if review is None:
-            skipped.append(number)
-        else:
-            reviews.append(review)
-            numbers.append(number)
-    if not reviews:
-        raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
-    return reviews, numbers, skipped
-
-
-def predict_review_file(path, out_path, predict, batch_size=PREDICTION_BATCH, columns=("prob_positive",)):
-    """Classify a file of one review per line into predictions.csv, batch_size reviews at a time.
-
-    predict(list of reviews) -> their probabilities of positive, one column per name in `columns` (the first
-    decides the label: the combined model's; then, say, each part's). Memory is bounded by a batch, not the
-    file; out_path is written through a temporary file and appears only when complete. Returns
-    (reviews classified, lines with no words, the first MAX_SKIPPED_SHOWN of those lines' numbers).
-    """
-    out_path = Path(out_path)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    n_predicted, n_skipped, skipped = 0, 0, []
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(predictions_header(columns))
-            batch = []
-
-            def flush():
-                probabilities = np.asarray(predict([review for _, review in batch]), dtype=np.float64)
-                probabilities = probabilities.reshape(len(batch), len(columns))
-                out.writelines(_prediction_row(number, review, prob)
-                               for (number, review), prob in zip(batch, probabilities, strict=True))
-                batch.clear()
-
-            for number, review in iter_review_lines(path):
-                if review is None:
-                    n_skipped += 1
-                    if len(skipped) < MAX_SKIPPED_SHOWN:
-                        skipped.append(number)
-                    continue
-                batch.append((number, review))
-                n_predicted += 1
-                if len(batch) >= batch_size:
-                    flush()
-            if batch:
-                flush()
-        if not n_predicted:
-            raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return n_predicted, n_skipped, skipped
-
-
-# --------------------------------------------------------------------------- the n-gram baseline
 def nb_log_count_ratios(features, labels, alpha=1.0):
     """Naive-Bayes log-count ratio of each feature, alpha-smoothed, positive for positive reviews (Wang & Manning)."""
     labels = np.asarray(labels)
@@ -1619,7 +1091,321 @@ class NgramModel:
         return known / np.maximum(distinct, 1)
 
 
-# --------------------------------------------------------------------------- checkpoints
+# Beside the LSTM's three files, a checkpoint holds the n-gram model and the combination (all optional, so
+# that a checkpoint made before them still loads, as the LSTM alone):
+NGRAMS_FILE = "ngrams.txt"  # the n-grams as text, one a line, in column order
+NGRAM_WEIGHTS_FILE = "ngram_weights.safetensors"  # their NB ratios (float32) and the regression's weights (float64)
+NGRAM_CONFIG_FILE = "ngram_model.json"  # {"format", "n_ngrams", "max_n", "c", "bias"}
+MAX_NGRAMS = 10_000_000  # the full data has 1.3 million uni- and bigrams
+MAX_JSON_BYTES = 1 << 20
+
+
+def _json_object(folder, name, max_bytes=MAX_JSON_BYTES):
+    """The JSON object in folder/name (a regular file inside the folder), or an error naming the file."""
+    path = Path(folder) / name
+    if not path.exists() and not path.is_symlink():
+        raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
+    value = read_json_file(path, max_bytes, inside=folder)
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
+def _field(path, value, name, kind, check=None, allowed=""):
+    """value[name], checked for its type and range, or an error naming the file and the field."""
+    if name not in value:
+        raise ValueError(f"{path}: field {name!r} is missing")
+    field = value[name]
+    if kind is float and isinstance(field, int) and not isinstance(field, bool):
+        field = float(field)
+    if not isinstance(field, kind) or isinstance(field, bool) or (check is not None and not check(field)):
+        raise ValueError(f"{path}: field {name!r} = {str(field)[:40]!r} is not valid: expected {allowed}")
+    return field
+
+
+def _finite(value):
+    return math.isfinite(value)
+
+
+def has_ngram_model(folder):
+    """Whether a checkpoint folder holds an n-gram model (checkpoints made before this version do not)."""
+    return (Path(folder) / NGRAM_CONFIG_FILE).exists()
+
+
+def save_ngram_model(folder, model, c=None):
+    """Write the n-gram model: its n-grams as text, ratios and weights as safetensors, the rest as JSON."""
+    from safetensors.numpy import save as safetensors_bytes
+
+    folder = Path(folder)
+    ngrams = model.ngrams()
+    if any(not ngram or "\n" in ngram for ngram in ngrams):
+        raise ValueError("an n-gram is empty or holds a newline, so it cannot be saved one a line")
+    write_atomic(folder / NGRAMS_FILE, "".join(ngram + "\n" for ngram in ngrams))
+    write_atomic(folder / NGRAM_WEIGHTS_FILE, safetensors_bytes({"ratios": model.ratios, "weights": model.weights}))
+    write_json(folder / NGRAM_CONFIG_FILE, {"format": 1, "n_ngrams": len(ngrams), "max_n": model.max_n,
+                                            "c": model.c if c is None else c, "bias": model.bias})
+
+
+def load_ngram_model(folder):
+    """The n-gram model of a checkpoint, every file checked (kind, size, fields, shapes) before it is used."""
+
+    folder = Path(folder)
+    path = folder / NGRAM_CONFIG_FILE
+    config = _json_object(folder, NGRAM_CONFIG_FILE)
+    if (extra := sorted(set(config) - {"format", "n_ngrams", "max_n", "c", "bias"})):
+        raise ValueError(f"{path}: unknown fields {extra}")
+    _field(path, config, "format", int, lambda v: v == 1, "1")
+    n = _field(path, config, "n_ngrams", int, lambda v: 1 <= v <= MAX_NGRAMS, f"an integer from 1 to {MAX_NGRAMS:,}")
+    max_n = _field(path, config, "max_n", int, lambda v: 1 <= v <= 3, "1, 2 or 3")
+    bias = _field(path, config, "bias", float, _finite, "a finite number")
+    c = config.get("c")
+    if c is not None:
+        c = _field(path, config, "c", float, lambda v: _finite(v) and v > 0, "a number > 0, or null")
+    weights_path = folder / NGRAM_WEIGHTS_FILE
+    if not weights_path.exists() and not weights_path.is_symlink():
+        raise FileNotFoundError(f"checkpoint {folder} lacks {NGRAM_WEIGHTS_FILE}")
+    tensors = read_safetensors(weights_path, {"ratios": ("F32", (n,)), "weights": ("F64", (n,))},
+                               max_bytes=12 * n + (1 << 16), inside=folder, against=f"n_ngrams = {n} in {path.name}",
+                               implied_by="which")
+    ratios, weights = tensors["ratios"].numpy(), tensors["weights"].numpy()
+    if not (np.isfinite(ratios).all() and np.isfinite(weights).all()):
+        raise ValueError(f"{weights_path}: the ratios or weights hold a value that is not finite")
+    ngrams_path = folder / NGRAMS_FILE
+    if not ngrams_path.exists() and not ngrams_path.is_symlink():
+        raise FileNotFoundError(f"checkpoint {folder} lacks {NGRAMS_FILE}")
+    data = read_regular_file(ngrams_path, 64 * n * max_n, inside=folder)
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{ngrams_path} is not UTF-8 text (byte {err.start})") from err
+    if lines[-1] != "" or len(lines) - 1 != n:
+        raise ValueError(f"{ngrams_path} holds {len(lines) - (lines[-1] == '')} lines, not the {n} n-grams "
+                         f"{NGRAM_CONFIG_FILE} names, each ended by a newline")
+    ngrams = lines[:-1]
+    index = {}
+    for number, ngram in enumerate(ngrams, start=1):
+        if not 1 <= len(ngram.split(" ")) <= max_n or ngram != " ".join(ngram.split()):
+            raise ValueError(f"{ngrams_path}, line {number}: {ngram[:60]!r} is not 1 to {max_n} tokens, "
+                             "single spaces between them")
+        if index.setdefault(ngram, number - 1) != number - 1:
+            raise ValueError(f"{ngrams_path}, line {number}: {ngram[:60]!r} repeats line {index[ngram] + 1}")
+    return NgramModel(index, ratios, weights, bias, max_n, c=c)
+
+
+def _save(fig, path):
+    """Save fig under path (at 120 dpi) if a path is given; return it, for the notebook to show."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_lengths(token_counts, max_length, path=None, also_mark=(400,)):
+    """Histogram of review lengths in tokens up to the 99.5th percentile, with max_length and `also_mark` marked."""
+    import matplotlib.pyplot as plt
+
+    token_counts = np.asarray(token_counts)
+    marks = sorted({max_length, *also_mark})
+    right = max(float(np.quantile(token_counts, 0.995)), 1.1 * max(marks))
+    beyond = int(np.sum(token_counts > right))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.hist(token_counts[token_counts <= right], bins=60, color="tab:blue")
+    for mark in marks:
+        longer = np.mean(token_counts > mark)
+        style = {"color": "tab:red", "ls": "--"} if mark == max_length else {"color": "tab:grey", "ls": ":"}
+        name = f"max_length = {mark}" if mark == max_length else f"{mark} tokens"
+        ax.axvline(mark, label=f"{name}: {longer:.1%} of reviews are longer", **style)
+    ax.set(xlabel="tokens per review", ylabel="reviews", xlim=(0, right),
+           title="Review lengths (training split)" + (f"; {beyond:,} longer reviews not shown" if beyond else ""))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 3. the model
+def reverse_padded(x, lengths):
+    """Reverse each sequence's first `length` steps of x [batch, seq_len, features], leaving padding at the end."""
+    positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # [1, seq_len]
+    lengths = lengths.to(x.device).unsqueeze(1)  # [batch, 1]
+    index = torch.where(positions < lengths, lengths - 1 - positions, positions)  # [batch, seq_len]
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+def padding_mask(lengths, seq_len):
+    """A [batch, seq_len] bool mask, True at real tokens."""
+    return torch.arange(seq_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def pool_over_time(outputs, lengths, how):
+    """Summarise [batch, seq_len, features] outputs per review, ignoring padding; see POOLINGS."""
+    if how == "max+mean":
+        return torch.cat([pool_over_time(outputs, lengths, "max"), pool_over_time(outputs, lengths, "mean")], dim=1)
+    lengths = lengths.to(outputs.device)
+    if how == "last":
+        index = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.size(2))
+        return outputs.gather(1, index).squeeze(1)
+    mask = padding_mask(lengths, outputs.size(1)).unsqueeze(-1)  # [batch, seq_len, 1]
+    if how == "max":
+        return outputs.masked_fill(~mask, float("-inf")).max(dim=1).values
+    if how == "mean":
+        return (outputs * mask).sum(dim=1) / lengths.unsqueeze(1).to(outputs.dtype)
+    raise ValueError(f"pooling={how!r} is not one of {', '.join(map(repr, POOLINGS))}")
+
+
+def count_parameters(model):
+    """The number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def plot_padding_demo(tokens, lengths, reversed_tokens, mask, path=None):
+    """A toy padded batch, the same batch reversed within each length, and the pooling mask, as three grids."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    panels = (("padded batch (0 = <pad>)", tokens), ("reversed within each length", reversed_tokens),
+              ("pooling mask (1 = real token)", mask.long()))
+    is_pad = ~mask.numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(11, 2.3))
+    for ax, (title, grid) in zip(axes, panels, strict=True):
+        ax.imshow(is_pad, cmap=ListedColormap(["#cfe3f7", "#eeeeee"]), vmin=0, vmax=1)
+        for (row, col), value in np.ndenumerate(grid.numpy()):
+            ax.text(col, row, str(value), ha="center", va="center", fontsize=10,
+                    color="grey" if is_pad[row, col] else "black")
+        ax.set(title=title, xlabel="position", xticks=range(grid.shape[1]), yticks=range(grid.shape[0]),
+               yticklabels=[f"review {i} (length {n})" for i, n in enumerate(lengths.tolist())] if ax is axes[0]
+               else [])
+        ax.title.set_fontsize(10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 4. training
+# At most this many token slots (reviews x padded length) go through the LSTM with gradients at once:
+# 64 reviews of 400 tokens. Training and explanations cut longer batches into parts (batch_parts).
+MAX_BATCH_TOKENS = 25_600
+
+
+def batch_parts(n_reviews, seq_len, max_tokens=MAX_BATCH_TOKENS):
+    """Slices cutting a batch of n_reviews padded to seq_len into near-equal parts of at most max_tokens tokens.
+
+    Losses weighted by each part's share give the whole batch's gradients, holding one part's activations.
+    """
+    if n_reviews < 1 or seq_len < 1 or max_tokens < 1:
+        raise ValueError(f"batch_parts needs positive sizes, got {n_reviews} reviews of {seq_len} tokens, "
+                         f"at most {max_tokens} tokens a part")
+    n_parts = math.ceil(n_reviews / max(1, max_tokens // seq_len))
+    bounds = [round(k * n_reviews / n_parts) for k in range(n_parts + 1)]
+    return [slice(start, stop) for start, stop in itertools.pairwise(bounds)]
+
+
+def interactive_frontend():
+    """True in JupyterLab or Notebook (jupyter_server sets JPY_SESSION_NAME); False under papermill and nbval."""
+    return "JPY_SESSION_NAME" in os.environ
+
+
+def progress(iterable, desc, total=None, trim_above_mib=None):
+    """A live progress bar over iterable in JupyterLab (a widget), nothing extra in batch runs.
+
+    trim_above_mib: after each item's work (when the loop asks for the next), hand freed memory back to the
+    system if the process holds more than this (return_freed_memory); training's loop uses it, so it need not.
+    """
+    shown = tqdm(iterable, desc=desc, total=total, leave=False, mininterval=1.0) if interactive_frontend() else iterable
+    if trim_above_mib is None:
+        return shown
+    return _trimming_after_each(shown, trim_above_mib)
+
+
+def _trimming_after_each(iterable, above_mib):
+    for item in iterable:
+        yield item
+        return_freed_memory(above_mib=above_mib)  # the step's freed activations back, if the allocator kept them
+
+
+# A training step frees its activations, but glibc may keep the freed pages (a fragmented heap): a run then
+# grows step by step, more in some runs than in others. Above this resident size, a step hands them back.
+TRIM_ABOVE_MIB = 1_700
+
+
+def resident_mib():
+    """This process's resident memory now, in MiB (from /proc/self/statm); None where that cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError, AttributeError):  # no /proc (macOS, Windows)
+        return None
+
+
+def return_freed_memory(above_mib=None):
+    """Hand memory freed by Python and torch back to the OS (glibc's malloc_trim); a no-op where there is none.
+
+    With above_mib, only when the process's resident memory is above it (a cheap check, fit for every training
+    step: trimming costs page faults when the memory is used again). Returns whether it trimmed.
+    """
+    if above_mib is not None:
+        resident = resident_mib()
+        if resident is None or resident <= above_mib:
+            return False
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def peak_memory_mib(device):
+    """Peak resident memory so far in MiB: this process's, its largest finished child's (0 if none; the whole run
+    peaks at most at their sum), and on a GPU peak tensor memory."""
+    peak = {}
+    try:
+        import resource
+    except ImportError:  # Windows has no resource module
+        resource = None
+    if resource is not None:
+        scale = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss is in bytes there, KiB on Linux
+        peak["cpu_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+        peak["children_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / scale
+    if device.type == "cuda":
+        peak["gpu_allocated_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
+class EarlyStopping:
+    """Keep the best epoch by validation loss, saving its checkpoint; should_stop after `patience` worse epochs."""
+
+    def __init__(self, patience, checkpoint_dir, vocab=None, config=None):
+        self.patience, self.checkpoint_dir = patience, Path(checkpoint_dir)
+        self.vocab, self.config = vocab, config
+        self.best_loss, self.best_epoch, self.epoch = float("inf"), 0, 0
+
+    def update(self, epoch, valid_loss, model):
+        """Record one epoch's validation loss; save a checkpoint and return True if it is the best so far."""
+        self.epoch = epoch
+        if valid_loss < self.best_loss:
+            self.best_loss, self.best_epoch = valid_loss, epoch
+            save_checkpoint(self.checkpoint_dir, model, self.vocab, self.config)
+            return True
+        return False
+
+    @property
+    def should_stop(self):
+        return self.epoch - self.best_epoch >= self.patience
+
+
+class StopOnInterrupt:
+    """A `with` block that ends quietly on KeyboardInterrupt (the kernel's stop button) and remembers it."""
+
+    interrupted = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.interrupted = True
+            return True  # the exception is handled: the notebook goes on with what was saved
+        return False
+
+
 WEIGHTS_FILE = "weights.safetensors"
 LEGACY_WEIGHTS_FILE = "weights.pt"
 
@@ -1944,108 +1730,64 @@ def load_weights(model, state):
     model.load_state_dict(state)
 
 
-# --------------------------------------------------------------------------- the combined model's files
-# Beside the LSTM's three files, a checkpoint holds the n-gram model and the combination (all optional, so
-# that a checkpoint made before them still loads, as the LSTM alone):
-NGRAMS_FILE = "ngrams.txt"  # the n-grams as text, one a line, in column order
-NGRAM_WEIGHTS_FILE = "ngram_weights.safetensors"  # their NB ratios (float32) and the regression's weights (float64)
-NGRAM_CONFIG_FILE = "ngram_model.json"  # {"format", "n_ngrams", "max_n", "c", "bias"}
+def plot_history(history, path=None):
+    """Training against validation loss and accuracy per epoch, in two panels."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, title in ((axes[0], "loss", "binary cross-entropy"), (axes[1], "acc", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="training")
+        ax.plot(history["epoch"], history[f"valid_{metric}"], "o-", label="validation")
+        ax.axvline(history.get("best_epoch", 0) or float("nan"), color="grey", ls=":", label="best epoch")
+        ax.set(xlabel="epoch", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 5. evaluation
+@torch.no_grad()
+def predict_logits(model, batches, device):
+    """The model's logit for every example of batches, in the examples' original order."""
+    model.eval()
+    logits = np.zeros(len(batches.sequences), dtype=np.float64)
+    predicted = np.zeros(len(batches.sequences), dtype=bool)
+    for tokens, lengths, _, idx in batches:
+        logits[idx] = model(tokens.to(device), lengths).double().cpu().numpy()  # back to the examples' places
+        predicted[idx] = True
+        if len(idx) > 1:  # not for predict_review's single reviews, where it would only add latency
+            # Batches in length order need ever larger buffers, and the allocator keeps the smaller ones it
+            # cannot reuse: over the 25,000 test reviews the process grew by about 0.3 GiB without this.
+            return_freed_memory()
+    if not predicted.all():  # an example no batch held would otherwise get a silent logit of 0
+        raise RuntimeError(f"the batches left {int((~predicted).sum())} of {len(logits)} examples without a logit")
+    return logits
+
+
+def sigmoid(logits):
+    """The logistic function, for numpy arrays of logits."""
+    return np.exp(-np.logaddexp(0, -np.asarray(logits, dtype=np.float64)))  # no overflow for large |logit|
+
+
+def binary_metrics(probs, labels, threshold=0.5):
+    """Loss, accuracy, precision, recall, F1 and the confusion matrix [[TN, FP], [FN, TP]]."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    predicted = probs >= threshold
+    tp = int(np.sum(predicted & (labels == 1)))
+    tn = int(np.sum(~predicted & (labels == 0)))
+    fp = int(np.sum(predicted & (labels == 0)))
+    fn = int(np.sum(~predicted & (labels == 1)))
+    clipped = np.clip(probs, 1e-7, 1 - 1e-7)  # keeps log(0) finite, as torch's BCE loss clamps it
+    loss = float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"loss": loss, "accuracy": (tp + tn) / len(labels), "precision": precision, "recall": recall,
+            "f1": f1, "confusion_matrix": [[tn, fp], [fn, tp]]}
+
+
 COMBINER_FILE = "combiner.json"  # {"format", "rule", "features", "weights", "bias"}
-MAX_NGRAMS = 10_000_000  # the full data has 1.3 million uni- and bigrams
-MAX_JSON_BYTES = 1 << 20
-
-
-def _json_object(folder, name, max_bytes=MAX_JSON_BYTES):
-    """The JSON object in folder/name (a regular file inside the folder), or an error naming the file."""
-    path = Path(folder) / name
-    if not path.exists() and not path.is_symlink():
-        raise FileNotFoundError(f"checkpoint {folder} lacks {name}")
-    value = read_json_file(path, max_bytes, inside=folder)
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object, not a {type(value).__name__}")
-    return value
-
-
-def _field(path, value, name, kind, check=None, allowed=""):
-    """value[name], checked for its type and range, or an error naming the file and the field."""
-    if name not in value:
-        raise ValueError(f"{path}: field {name!r} is missing")
-    field = value[name]
-    if kind is float and isinstance(field, int) and not isinstance(field, bool):
-        field = float(field)
-    if not isinstance(field, kind) or isinstance(field, bool) or (check is not None and not check(field)):
-        raise ValueError(f"{path}: field {name!r} = {str(field)[:40]!r} is not valid: expected {allowed}")
-    return field
-
-
-def _finite(value):
-    return math.isfinite(value)
-
-
-def has_ngram_model(folder):
-    """Whether a checkpoint folder holds an n-gram model (checkpoints made before this version do not)."""
-    return (Path(folder) / NGRAM_CONFIG_FILE).exists()
-
-
-def save_ngram_model(folder, model, c=None):
-    """Write the n-gram model: its n-grams as text, ratios and weights as safetensors, the rest as JSON."""
-    from safetensors.numpy import save as safetensors_bytes
-
-    folder = Path(folder)
-    ngrams = model.ngrams()
-    if any(not ngram or "\n" in ngram for ngram in ngrams):
-        raise ValueError("an n-gram is empty or holds a newline, so it cannot be saved one a line")
-    write_atomic(folder / NGRAMS_FILE, "".join(ngram + "\n" for ngram in ngrams))
-    write_atomic(folder / NGRAM_WEIGHTS_FILE, safetensors_bytes({"ratios": model.ratios, "weights": model.weights}))
-    write_json(folder / NGRAM_CONFIG_FILE, {"format": 1, "n_ngrams": len(ngrams), "max_n": model.max_n,
-                                            "c": model.c if c is None else c, "bias": model.bias})
-
-
-def load_ngram_model(folder):
-    """The n-gram model of a checkpoint, every file checked (kind, size, fields, shapes) before it is used."""
-
-    folder = Path(folder)
-    path = folder / NGRAM_CONFIG_FILE
-    config = _json_object(folder, NGRAM_CONFIG_FILE)
-    if (extra := sorted(set(config) - {"format", "n_ngrams", "max_n", "c", "bias"})):
-        raise ValueError(f"{path}: unknown fields {extra}")
-    _field(path, config, "format", int, lambda v: v == 1, "1")
-    n = _field(path, config, "n_ngrams", int, lambda v: 1 <= v <= MAX_NGRAMS, f"an integer from 1 to {MAX_NGRAMS:,}")
-    max_n = _field(path, config, "max_n", int, lambda v: 1 <= v <= 3, "1, 2 or 3")
-    bias = _field(path, config, "bias", float, _finite, "a finite number")
-    c = config.get("c")
-    if c is not None:
-        c = _field(path, config, "c", float, lambda v: _finite(v) and v > 0, "a number > 0, or null")
-    weights_path = folder / NGRAM_WEIGHTS_FILE
-    if not weights_path.exists() and not weights_path.is_symlink():
-        raise FileNotFoundError(f"checkpoint {folder} lacks {NGRAM_WEIGHTS_FILE}")
-    tensors = read_safetensors(weights_path, {"ratios": ("F32", (n,)), "weights": ("F64", (n,))},
-                               max_bytes=12 * n + (1 << 16), inside=folder, against=f"n_ngrams = {n} in {path.name}",
-                               implied_by="which")
-    ratios, weights = tensors["ratios"].numpy(), tensors["weights"].numpy()
-    if not (np.isfinite(ratios).all() and np.isfinite(weights).all()):
-        raise ValueError(f"{weights_path}: the ratios or weights hold a value that is not finite")
-    ngrams_path = folder / NGRAMS_FILE
-    if not ngrams_path.exists() and not ngrams_path.is_symlink():
-        raise FileNotFoundError(f"checkpoint {folder} lacks {NGRAMS_FILE}")
-    data = read_regular_file(ngrams_path, 64 * n * max_n, inside=folder)
-    try:
-        lines = data.decode("utf-8").split("\n")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{ngrams_path} is not UTF-8 text (byte {err.start})") from err
-    if lines[-1] != "" or len(lines) - 1 != n:
-        raise ValueError(f"{ngrams_path} holds {len(lines) - (lines[-1] == '')} lines, not the {n} n-grams "
-                         f"{NGRAM_CONFIG_FILE} names, each ended by a newline")
-    ngrams = lines[:-1]
-    index = {}
-    for number, ngram in enumerate(ngrams, start=1):
-        if not 1 <= len(ngram.split(" ")) <= max_n or ngram != " ".join(ngram.split()):
-            raise ValueError(f"{ngrams_path}, line {number}: {ngram[:60]!r} is not 1 to {max_n} tokens, "
-                             "single spaces between them")
-        if index.setdefault(ngram, number - 1) != number - 1:
-            raise ValueError(f"{ngrams_path}, line {number}: {ngram[:60]!r} repeats line {index[ngram] + 1}")
-    return NgramModel(index, ratios, weights, bias, max_n, c=c)
-
 
 COMBINATION_RULES = {
     # name: the features of each review, in order; the combined logit is bias + weights . features
@@ -2094,20 +1836,341 @@ def combined_logits(rule, weights, bias, lstm, ngram, coverage=None):
     return combination_features(rule, lstm, ngram, coverage) @ weights + bias
 
 
-# --------------------------------------------------------------------------- explanations and display
+OOD_DIR = DATA_DIR / "ood"  # where downloaded out-of-domain sets are kept
+SENTENCES_ZIP_URL = "https://archive.ics.uci.edu/static/public/331/sentiment+labelled+sentences.zip"
+POLARITY_URL = "http://www.cs.cornell.edu/people/pabo/movie-review-data/review_polarity.tar.gz"
+# The polarity archive holds 2,000 reviews of 3 MB in all: anything much bigger is not that archive.
+POLARITY_MAX_MEMBERS, POLARITY_MAX_BYTES = 2_100, 16 << 20
+SENTENCES_MAX_BYTES = 1 << 20  # each Kotzias et al. file is about 60 kB
+
+
+@dataclass(frozen=True)
+class OutOfDomainSet:
+    """One labelled set from outside IMDB: where it comes from, its checksum and its role here."""
+
+    name: str  # its key in metrics.json and logits.npz
+    title: str
+    role: str  # "development": out-of-domain choices may look at it; "evaluation only": never
+    file: str
+    sha256: str
+    url: str  # the authors' download: the file itself, or a zip holding it
+    reader: str  # the name of the function in this module that reads it
+
+
+OOD_SETS = (
+    OutOfDomainSet("amazon", "Amazon: phones and accessories, one sentence each", "development",
+                   "amazon_cells_labelled.txt",
+                   "47003fc0a0d4840b00e96e715b6189bad09e7443a3da41c4cbe12ffc79f86ae3", SENTENCES_ZIP_URL,
+                   "read_labelled_sentences"),
+    OutOfDomainSet("yelp", "Yelp: restaurants, one sentence each", "evaluation only", "yelp_labelled.txt",
+                   "b565b1eeb864d76842588c3a256731b08bcdd9faf6de507bfe211a96f8b81912", SENTENCES_ZIP_URL,
+                   "read_labelled_sentences"),
+    OutOfDomainSet("polarity", "Pang & Lee: full-length movie reviews, Usenet before 2002", "evaluation only",
+                   "review_polarity.tar.gz",
+                   "fc0dccc2671af5db3c5d8f81f77a1ebfec953ecdd422334062df61ede36b2179", POLARITY_URL,
+                   "read_polarity"),
+)
+
+
+def sha256sum(path):
+    """The SHA-256 hex digest of a file (the out-of-domain sets' published checksums)."""
+    return md5sum(path, algorithm="sha256")
+
+
+def read_labelled_sentences(path):
+    """Kotzias et al.'s format, a sentence, a tab and 1 (positive) or 0 (negative) a line: (texts, labels)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    if path.stat().st_size > SENTENCES_MAX_BYTES:
+        raise ValueError(f"{path} holds {path.stat().st_size:,} bytes, more than a labelled-sentences file "
+                         f"({SENTENCES_MAX_BYTES:,} at most)")
+    texts, labels = [], []
+    for number, line in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line.strip():
+            continue
+        text, tab, label = line.rpartition("\t")
+        if not tab or label.strip() not in ("0", "1") or not text.strip():
+            raise ValueError(f"{path}, line {number}: expected a sentence, a tab and 0 or 1, got {line[:80]!r}")
+        texts.append(text.strip())
+        labels.append(int(label))
+    if not texts:
+        raise ValueError(f"{path} holds no labelled sentence")
+    return texts, labels
+
+
+def read_polarity(path):
+    """Pang & Lee's polarity v2.0 archive, read without extracting it: (texts, labels), negatives first.
+
+    Each review is lower-cased and tokenized by its authors, a sentence a line; its lines are joined by spaces.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
+    found = {0: [], 1: []}
+    total = 0
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > POLARITY_MAX_MEMBERS:
+                    raise ValueError(f"{path} holds over {POLARITY_MAX_MEMBERS:,} members: not the polarity archive")
+                parts = member.name.split("/")
+                if not member.isfile() or len(parts) != 3 or parts[0] != "txt_sentoken" or parts[1] not in (
+                        "neg", "pos") or not parts[2].endswith(".txt"):
+                    continue  # the README, folders: nothing else is read
+                total += member.size
+                if total > POLARITY_MAX_BYTES:
+                    raise ValueError(f"{path} expands to more than {POLARITY_MAX_BYTES:,} bytes of reviews: "
+                                     "not the polarity archive")
+                data = tar.extractfile(member).read()
+                found[int(parts[1] == "pos")].append((parts[2], " ".join(data.decode("utf-8", "replace").split())))
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(f"{path} is truncated or not a valid tar.gz archive ({err})") from err
+    if not found[0] or not found[1]:
+        raise ValueError(f"{path} lacks txt_sentoken/neg/*.txt or txt_sentoken/pos/*.txt: not the polarity archive")
+    texts, labels = [], []
+    for label in (0, 1):
+        texts += [text for _, text in sorted(found[label])]
+        labels += [label] * len(found[label])
+    return texts, labels
+
+
+def _download_ood(spec, folder, timeout=20):
+    """Fetch spec's file from its authors into folder (from inside their zip where they publish one)."""
+    target = Path(folder) / spec.file
+    if not spec.url.endswith(".zip"):
+        return download(spec.url, target, progress=False, timeout=timeout)
+    import zipfile
+
+    archive = download(spec.url, Path(folder) / Path(spec.url).name, progress=False, timeout=timeout)
+    with zipfile.ZipFile(archive) as bundle:
+        member = next((info for info in bundle.infolist() if Path(info.filename).name == spec.file
+                       and not info.filename.startswith("__MACOSX")), None)
+        if member is None or member.file_size > SENTENCES_MAX_BYTES:
+            raise ValueError(f"{archive} holds no {spec.file} of the expected size")
+        write_atomic(target, bundle.read(member))
+    return target
+
+
+def find_ood_set(spec, folder="", download_missing=True, log=print):
+    """The path of one out-of-domain set, or None (with a note) where it is neither given nor downloadable.
+
+    Looked for in `folder` (a local copy, as imdb_archive is), then in data/ood/, then downloaded there.
+    A download must match the published SHA-256; a local copy that does not is used, and the note says so.
+    """
+    for place in ([Path(folder)] if folder else []) + [OOD_DIR]:
+        path = place / spec.file
+        if path.is_file():
+            if (actual := sha256sum(path)) != spec.sha256:
+                log(f"note: {shown_path(path)} is not the published {spec.file} (SHA-256 {actual[:12]}…): "
+                    "its figures are not comparable with the README's")
+            return path
+    if folder and not Path(folder).is_dir():
+        raise FileNotFoundError(f"ood_data {folder} is not a folder")
+    if not download_missing:
+        log(f"note: {spec.file} not found{f' in {folder}' if folder else ''}; the {spec.name} set is skipped")
+        return None
+    try:
+        path = _download_ood(spec, OOD_DIR)
+    except (ConnectionError, ValueError, OSError) as err:
+        log(f"note: {spec.file} is not in {folder or shown_path(OOD_DIR)} and could not be downloaded "
+            f"({str(err).split('. ')[0]}); the {spec.name} set is skipped")
+        return None
+    if (actual := sha256sum(path)) != spec.sha256:
+        path.unlink()
+        raise ValueError(f"the download of {spec.file} has SHA-256 {actual}, not the published {spec.sha256}; "
+                         "it was deleted")
+    return path
+
+
+@dataclass
+class OutOfDomainData:
+    """One out-of-domain set as read: its texts, their tokens and labels, what it is and its file's SHA-256."""
+
+    texts: list
+    tokens: list
+    labels: list
+    spec: OutOfDomainSet
+    sha256: str
+
+
+def load_ood_sets(folder="", download_missing=True, log=print, cache_dir=None):
+    """{name: OutOfDomainData} for each out-of-domain set found (OOD_SETS, in their order), tokenized.
+
+    A text with no tokens (nothing to classify) is left out, and the note says how many.
+    """
+    loaded = {}
+    for spec in OOD_SETS:
+        path = find_ood_set(spec, folder, download_missing, log)
+        if path is None:
+            continue
+        texts, labels = globals()[spec.reader](path)
+        tokens = tokenize_all(texts, **({} if cache_dir is None else {"cache_dir": cache_dir}))
+        kept = [i for i, t in enumerate(tokens) if t]
+        if len(kept) < len(texts):
+            log(f"note: {len(texts) - len(kept)} texts of {spec.file} have no words once cleaned; left out")
+        loaded[spec.name] = OutOfDomainData([texts[i] for i in kept], [tokens[i] for i in kept],
+                                            [labels[i] for i in kept], spec, sha256sum(path))
+    return loaded
+
+
+def plot_confusion(matrix, path=None):
+    """The confusion matrix as an annotated heat map."""
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(col, row, f"{count:,}", ha="center", va="center", color=color)
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABEL_NAMES, yticklabels=LABEL_NAMES,
+           xlabel="predicted", ylabel="true", title="Test set confusion matrix")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 6. predicting new reviews
+def review_tokens(text, number=None):
+    """The tokens of one review to classify, or an error saying why it is not one."""
+    which = "the review" if number is None else f"review {number}"
+    if not isinstance(text, str):
+        raise TypeError(f"a review must be a str, got {type(text).__name__}" + ("" if number is None else
+                                                                                f" (item {number})"))
+    if not text.strip():
+        raise ValueError(f"{which} is empty or only whitespace; there is nothing to classify")
+    tokens = tokenize(text)
+    if not tokens:
+        raise ValueError(f"{which} has no words once HTML markup is removed: {text[:60]!r}")
+    return tokens
+
+
+def known_fraction(text, vocab):
+    """The share of a text's tokens that the vocabulary knows."""
+    tokens = tokenize(text)
+    unk = vocab[UNK_TOKEN]
+    return sum(vocab[t] != unk for t in tokens) / max(len(tokens), 1)
+
+
+def predict_proba(model, texts, vocab, max_length, device, batch_size=64):
+    """Probability of 'positive' for each text; each review is read up to its first max_length tokens."""
+    for i, text in enumerate(texts):  # every type checked before any tokenizing
+        if not isinstance(text, str):
+            raise TypeError(f"a review must be a str, got {type(text).__name__} (item {i})")
+    token_lists = [review_tokens(text, i) for i, text in enumerate(texts)]
+    encoded = [numericalize(tokens, vocab, max_length) for tokens in token_lists]
+    return sigmoid(predict_logits(model, BucketBatches(encoded, [0] * len(encoded), batch_size), device))
+
+
+PREDICTION_EXCERPT_CHARS = 300  # predictions.csv shows each review's start, enough to recognise it
+MAX_REVIEW_LINE_BYTES = 1 << 20  # a review line longer than this (the longest IMDB review: 14 KB) is refused
+PREDICTION_BATCH = 256  # reviews read, classified and written at a time by predict_review_file
+MAX_SKIPPED_SHOWN = 100  # line numbers of word-less lines that predict_review_file returns
+
+
+def _prediction_row(number, review, probs):
+    """One line of predictions.csv: the label follows probs[0] (the combined model's), then every probability,
+    and the review cut to PREDICTION_EXCERPT_CHARS (with "…" where cut)."""
+    excerpt = review if len(review) <= PREDICTION_EXCERPT_CHARS else review[:PREDICTION_EXCERPT_CHARS] + "…"
+    shown = ",".join(f"{prob:.6f}" for prob in probs)
+    return f'{number},{LABEL_NAMES[int(probs[0] >= 0.5)]},{shown},"{excerpt.replace(chr(34), chr(34) * 2)}"\n'
+
+
+def predictions_header(columns=("prob_positive",)):
+    """The first line of predictions.csv."""
+    return ",".join(["line", "label", *columns, "review"]) + "\n"
+
+
+def iter_review_lines(path):
+    """(line number, review or None if the line has no words) for each line of a UTF-8 file, read line by line.
+
+    Lines end at \\n or \\r\\n only: \\x85 (in 321 of IMDB's test reviews) or U+2028 stay inside a review.
+    A line longer than MAX_REVIEW_LINE_BYTES is refused, so memory is bounded by a line, not the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"predict_file {path} is a folder, not a text file")
+    if not path.is_file():
+        raise FileNotFoundError(f"predict_file {path} does not exist or is not a regular file")
+    with open(path, "rb") as f:  # bytes: no universal-newline translation of a lone \r
+        for number in itertools.count(1):
+            raw = f.readline(MAX_REVIEW_LINE_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_REVIEW_LINE_BYTES:
+                raise ValueError(f"predict_file {path}: line {number} is longer than {MAX_REVIEW_LINE_BYTES:,} bytes; "
+                                 "one review per line is expected")
+            try:
+                line = raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"predict_file {path} is not UTF-8 text (line {number}, byte {err.start} of it); "
+                                 "save it as UTF-8") from err
+            yield number, line if _basic_english(clean_text(line)) else None  # not interned: no growth
+
+
+def predict_review_file(path, out_path, predict, batch_size=PREDICTION_BATCH, columns=("prob_positive",)):
+    """Classify a file of one review per line into predictions.csv, batch_size reviews at a time.
+
+    predict(list of reviews) -> their probabilities of positive, one column per name in `columns` (the first
+    decides the label: the combined model's; then, say, each part's). Memory is bounded by a batch, not the
+    file; out_path is written through a temporary file and appears only when complete. Returns
+    (reviews classified, lines with no words, the first MAX_SKIPPED_SHOWN of those lines' numbers).
+    """
+    out_path = Path(out_path)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    n_predicted, n_skipped, skipped = 0, 0, []
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            out.write(predictions_header(columns))
+            batch = []
+
+            def flush():
+                probabilities = np.asarray(predict([review for _, review in batch]), dtype=np.float64)
+                probabilities = probabilities.reshape(len(batch), len(columns))
+                out.writelines(_prediction_row(number, review, prob)
+                               for (number, review), prob in zip(batch, probabilities, strict=True))
+                batch.clear()
+
+            for number, review in iter_review_lines(path):
+                if review is None:
+                    n_skipped += 1
+                    if len(skipped) < MAX_SKIPPED_SHOWN:
+                        skipped.append(number)
+                    continue
+                batch.append((number, review))
+                n_predicted += 1
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
+                flush()
+        if not n_predicted:
+            raise ValueError(f"predict_file {path} holds no review: every line is blank or has no words")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n_predicted, n_skipped, skipped
+
+
+# --------------------------------------------------------------------------- 7. which words decided
 def integrated_gradients(model, token_ids, device, steps=64, max_tokens=MAX_BATCH_TOKENS):
     """Each token's contribution to the logit by integrated gradients from an all-<pad> review.
 
-    Returns (contributions, logit, baseline_logit); the model must offer forward_embedded(embedded, lengths).
+    Returns (contributions, logit, reference_logit): the all-<pad> review is the reference input, whose logit the
+    contributions add up from. The model must offer forward_embedded(embedded, lengths).
     """
     model.eval()
     tokens = torch.tensor([token_ids], dtype=torch.long, device=device)  # [1, seq_len]
     lengths = torch.tensor([len(token_ids)])
     with torch.no_grad():
         embedded = model.embedding(tokens)  # [1, seq_len, embedding_dim]
-        baseline = model.embedding(torch.full_like(tokens, model.embedding.padding_idx))
+        reference = model.embedding(torch.full_like(tokens, model.embedding.padding_idx))
     alphas = torch.linspace(0, 1, steps + 1, device=device).view(-1, 1, 1)  # [steps + 1, 1, 1]
-    path = baseline + alphas * (embedded - baseline)  # [steps + 1, seq_len, dim]
+    path = reference + alphas * (embedded - reference)  # [steps + 1, seq_len, dim]
     gradients, logits = [], []
     # The points of the path in parts of at most max_tokens tokens, as training's batches. cuDNN
     # computes LSTM gradients only in training mode; the plain kernels work in eval mode.
@@ -2121,7 +2184,7 @@ def integrated_gradients(model, token_ids, device, steps=64, max_tokens=MAX_BATC
     weights = torch.full((steps + 1, 1, 1), 1.0 / steps, device=device)
     weights[0] = weights[-1] = 0.5 / steps  # trapezoid rule
     average_gradient = (gradients * weights).sum(dim=0)  # [seq_len, dim]
-    contributions = ((embedded[0] - baseline[0]) * average_gradient).sum(dim=1)  # [seq_len]
+    contributions = ((embedded[0] - reference[0]) * average_gradient).sum(dim=1)  # [seq_len]
     return contributions.detach().cpu().numpy(), float(logits[-1]), float(logits[0])
 
 
@@ -2134,16 +2197,6 @@ def attribution_html(tokens, contributions):
         color = f"#009600{alpha:02x}" if value > 0 else f"#d20000{alpha:02x}"  # RGB plus opacity
         spans.append(f'<span title="{value:+.3f}" style="background:{color}">{html.escape(token)}</span>')
     return '<div style="line-height:1.8">' + " ".join(spans) + "</div>"
-
-
-def strongest_window(contributions, size):
-    """(start, stop) of the `size` consecutive tokens with the largest total |contribution|."""
-    weights = np.abs(np.asarray(contributions, dtype=np.float64))
-    if len(weights) <= size:
-        return 0, len(weights)
-    sums = np.convolve(weights, np.ones(size), mode="valid")  # sums[i]: tokens i .. i + size - 1
-    start = int(np.argmax(sums))
-    return start, start + size
 
 
 class ShadedTokens:
@@ -2164,35 +2217,104 @@ class ShadedTokens:
         return (self.caption + "\n" if self.caption else "") + " ".join(words)
 
 
-class Table:
-    """A small table: HTML in Jupyter, aligned text elsewhere; floats rounded to `digits`."""
+def review_box(explain, text):
+    """In JupyterLab, a text box whose review is shown as explain(review) whenever typing pauses; in a batch run,
+    explain(text) once (the box needs a live kernel)."""
+    from IPython.display import display
 
-    def __init__(self, rows, columns, digits=4):
-        self.rows, self.columns, self.digits = [list(r) for r in rows], list(columns), digits
+    if not interactive_frontend():
+        display(explain(text))
+        return
+    import ipywidgets as widgets
 
-    @classmethod
-    def from_dict(cls, values, columns=("", "value"), digits=4):
-        return cls(list(values.items()), columns, digits)
+    box = widgets.Textarea(value=text, continuous_update=False, layout=widgets.Layout(width="100%", height="5em"))
+    output = widgets.Output()
 
-    def _cell(self, value):
-        if isinstance(value, float):
-            return f"{value:.{self.digits}f}"
-        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    def show(_change=None):
+        output.clear_output(wait=True)
+        with output:
+            display(explain(box.value))
 
-    def _repr_html_(self):
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(self._cell(v))}</td>" for v in row) + "</tr>"
-                       for row in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    def __repr__(self):
-        cells = [[str(c) for c in self.columns]] + [[self._cell(v) for v in row] for row in self.rows]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
-        return "\n".join("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
-                         for row in cells)
+    box.observe(show, names="value")
+    show()
+    display(widgets.VBox([box, output]))
 
 
-# --------------------------------------------------------------------------- calibration and error analysis
+def plot_attributions(tokens, contributions, title, path=None, width_in_chars=110):
+    """The review's words shaded by contribution (green: towards positive, red: towards negative)."""
+    import matplotlib.pyplot as plt
+
+    lines, line, used = [], [], 0  # the words flowed into lines by their length, as a text would wrap
+    for token, value in zip(tokens, contributions, strict=True):
+        if line and used + len(token) + 1 > width_in_chars:
+            lines.append(line)
+            line, used = [], 0
+        line.append((used, token, value))
+        used += len(token) + 2
+    lines.append(line)
+    scale = max(float(np.max(np.abs(contributions))), 1e-9)
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(lines) + 0.7))
+    ax.set_axis_off()
+    ax.set_title(title, loc="left", fontsize=10)
+    for row, words in enumerate(lines):
+        for column, token, value in words:
+            color = (0.0, 0.59, 0.0) if value > 0 else (0.82, 0.0, 0.0)
+            ax.text(column / width_in_chars, 1 - (row + 0.5) / len(lines), token, fontsize=10, family="monospace",
+                    ha="left", va="center",
+                    bbox={"facecolor": (*color, min(abs(value) / scale, 1.0)), "edgecolor": "none", "pad": 1.2})
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 8. where it fails
+def strongest_window(contributions, size):
+    """(start, stop) of the `size` consecutive tokens with the largest total |contribution|."""
+    weights = np.abs(np.asarray(contributions, dtype=np.float64))
+    if len(weights) <= size:
+        return 0, len(weights)
+    sums = np.convolve(weights, np.ones(size), mode="valid")  # sums[i]: tokens i .. i + size - 1
+    start = int(np.argmax(sums))
+    return start, start + size
+
+
+def accuracy_by_length(token_counts, probs, labels, max_length, n_bins=4):
+    """(bin labels, accuracies, counts) by review length: n_bins of equal size, then those cut at max_length."""
+    token_counts, labels = np.asarray(token_counts), np.asarray(labels)
+    correct = (np.asarray(probs) >= 0.5) == (labels == 1)
+    fits = token_counts <= max_length
+    names, accuracies, counts = [], [], []
+    if fits.any():
+        quantiles = np.quantile(token_counts[fits], np.linspace(0, 1, n_bins + 1))
+        edges = np.unique(np.floor(quantiles)).astype(int)
+        for low, high in zip(edges[:-1], edges[1:], strict=True):
+            last = high == edges[-1]  # the last bin includes its upper edge, the others stop below it
+            in_bin = fits & (token_counts >= low) & ((token_counts <= high) if last else (token_counts < high))
+            names.append(f"{low}–{high if last else high - 1}")
+            accuracies.append(float(correct[in_bin].mean()))
+            counts.append(int(in_bin.sum()))
+    if (~fits).any():
+        names.append(f"> {max_length} (cut)")
+        accuracies.append(float(correct[~fits].mean()))
+        counts.append(int((~fits).sum()))
+    return names, accuracies, counts
+
+
+def plot_accuracy_by_length(names, accuracies, counts, path=None):
+    """Test accuracy per review-length bin, with each bin's number of reviews; the axis starts at chance (0.5)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    bars = ax.bar(names, accuracies, color=["tab:orange" if name.startswith(">") else "tab:blue" for name in names])
+    for bar, accuracy, count in zip(bars, accuracies, counts, strict=True):
+        ax.annotate(f"{accuracy:.3f}\n{count:,} reviews", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set(xlabel="review length in tokens", ylabel="test accuracy", ylim=(0.5, 1.05),
+           title="Accuracy by review length (0.5 is chance)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 9. can the probabilities be trusted
 def expected_calibration_error(probs, labels, n_bins=10):
     """(ECE, bins) of the predicted label's confidence, bins on [0.5, 1] of (confidence, accuracy, count)."""
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
@@ -2225,132 +2347,6 @@ def fit_temperature(logits, labels):
     return float(fine[np.argmin([log_loss(t) for t in fine])])
 
 
-def accuracy_by_length(token_counts, probs, labels, max_length, n_bins=4):
-    """(bin labels, accuracies, counts) by review length: n_bins of equal size, then those cut at max_length."""
-    token_counts, labels = np.asarray(token_counts), np.asarray(labels)
-    correct = (np.asarray(probs) >= 0.5) == (labels == 1)
-    fits = token_counts <= max_length
-    names, accuracies, counts = [], [], []
-    if fits.any():
-        quantiles = np.quantile(token_counts[fits], np.linspace(0, 1, n_bins + 1))
-        edges = np.unique(np.floor(quantiles)).astype(int)
-        for low, high in zip(edges[:-1], edges[1:], strict=True):
-            last = high == edges[-1]  # the last bin includes its upper edge, the others stop below it
-            in_bin = fits & (token_counts >= low) & ((token_counts <= high) if last else (token_counts < high))
-            names.append(f"{low}–{high if last else high - 1}")
-            accuracies.append(float(correct[in_bin].mean()))
-            counts.append(int(in_bin.sum()))
-    if (~fits).any():
-        names.append(f"> {max_length} (cut)")
-        accuracies.append(float(correct[~fits].mean()))
-        counts.append(int((~fits).sum()))
-    return names, accuracies, counts
-
-
-# --------------------------------------------------------------------------- plots
-def _save(fig, path):
-    """Save fig under path (at 120 dpi) if a path is given; return it, for the notebook to show."""
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-def plot_history(history, path=None):
-    """Training against validation loss and accuracy per epoch, in two panels."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, metric, title in ((axes[0], "loss", "binary cross-entropy"), (axes[1], "acc", "accuracy")):
-        ax.plot(history["epoch"], history[f"train_{metric}"], "o-", label="training")
-        ax.plot(history["epoch"], history[f"valid_{metric}"], "o-", label="validation")
-        ax.axvline(history.get("best_epoch", 0) or float("nan"), color="grey", ls=":", label="best epoch")
-        ax.set(xlabel="epoch", title=title)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_lengths(token_counts, max_length, path=None, also_mark=(400,)):
-    """Histogram of review lengths in tokens up to the 99.5th percentile, with max_length and `also_mark` marked."""
-    import matplotlib.pyplot as plt
-
-    token_counts = np.asarray(token_counts)
-    marks = sorted({max_length, *also_mark})
-    right = max(float(np.quantile(token_counts, 0.995)), 1.1 * max(marks))
-    beyond = int(np.sum(token_counts > right))
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    ax.hist(token_counts[token_counts <= right], bins=60, color="tab:blue")
-    for mark in marks:
-        longer = np.mean(token_counts > mark)
-        style = {"color": "tab:red", "ls": "--"} if mark == max_length else {"color": "tab:grey", "ls": ":"}
-        name = f"max_length = {mark}" if mark == max_length else f"{mark} tokens"
-        ax.axvline(mark, label=f"{name}: {longer:.1%} of reviews are longer", **style)
-    ax.set(xlabel="tokens per review", ylabel="reviews", xlim=(0, right),
-           title="Review lengths (training split)" + (f"; {beyond:,} longer reviews not shown" if beyond else ""))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_confusion(matrix, path=None):
-    """The confusion matrix as an annotated heat map."""
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    ax.imshow(matrix, cmap="Blues")
-    for (row, col), count in np.ndenumerate(matrix):
-        color = "white" if count > matrix.max() / 2 else "black"
-        ax.text(col, row, f"{count:,}", ha="center", va="center", color=color)
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABEL_NAMES, yticklabels=LABEL_NAMES,
-           xlabel="predicted", ylabel="true", title="Test set confusion matrix")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_attributions(tokens, contributions, title, path=None, width_in_chars=110):
-    """The review's words shaded by contribution (green: towards positive, red: towards negative)."""
-    import matplotlib.pyplot as plt
-
-    lines, line, used = [], [], 0  # the words flowed into lines by their length, as a text would wrap
-    for token, value in zip(tokens, contributions, strict=True):
-        if line and used + len(token) + 1 > width_in_chars:
-            lines.append(line)
-            line, used = [], 0
-        line.append((used, token, value))
-        used += len(token) + 2
-    lines.append(line)
-    scale = max(float(np.max(np.abs(contributions))), 1e-9)
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(lines) + 0.7))
-    ax.set_axis_off()
-    ax.set_title(title, loc="left", fontsize=10)
-    for row, words in enumerate(lines):
-        for column, token, value in words:
-            color = (0.0, 0.59, 0.0) if value > 0 else (0.82, 0.0, 0.0)
-            ax.text(column / width_in_chars, 1 - (row + 0.5) / len(lines), token, fontsize=10, family="monospace",
-                    ha="left", va="center",
-                    bbox={"facecolor": (*color, min(abs(value) / scale, 1.0)), "edgecolor": "none", "pad": 1.2})
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_accuracy_by_length(names, accuracies, counts, path=None):
-    """Test accuracy per review-length bin, with each bin's number of reviews; the axis starts at chance (0.5)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    bars = ax.bar(names, accuracies, color=["tab:orange" if name.startswith(">") else "tab:blue" for name in names])
-    for bar, accuracy, count in zip(bars, accuracies, counts, strict=True):
-        ax.annotate(f"{accuracy:.3f}\n{count:,} reviews", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set(xlabel="review length in tokens", ylabel="test accuracy", ylim=(0.5, 1.05),
-           title="Accuracy by review length (0.5 is chance)")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def plot_reliability(curves, path=None):
     """Reliability diagram: accuracy against confidence per bin, with each bin's number of predictions below."""
     import matplotlib.pyplot as plt
@@ -2370,29 +2366,41 @@ def plot_reliability(curves, path=None):
     return _save(fig, path)
 
 
-def plot_padding_demo(tokens, lengths, reversed_tokens, mask, path=None):
-    """A toy padded batch, the same batch reversed within each length, and the pooling mask, as three grids."""
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    panels = (("padded batch (0 = <pad>)", tokens), ("reversed within each length", reversed_tokens),
-              ("pooling mask (1 = real token)", mask.long()))
-    is_pad = ~mask.numpy()
-    fig, axes = plt.subplots(1, 3, figsize=(11, 2.3))
-    for ax, (title, grid) in zip(axes, panels, strict=True):
-        ax.imshow(is_pad, cmap=ListedColormap(["#cfe3f7", "#eeeeee"]), vmin=0, vmax=1)
-        for (row, col), value in np.ndenumerate(grid.numpy()):
-            ax.text(col, row, str(value), ha="center", va="center", fontsize=10,
-                    color="grey" if is_pad[row, col] else "black")
-        ax.set(title=title, xlabel="position", xticks=range(grid.shape[1]), yticks=range(grid.shape[0]),
-               yticklabels=[f"review {i} (length {n})" for i, n in enumerate(lengths.tolist())] if ax is axes[0]
-               else [])
-        ax.title.set_fontsize(10)
-    fig.tight_layout()
-    return _save(fig, path)
+# --------------------------------------------------------------------------- 10. the record
+def environment_info(device):
+    """Versions and hardware of this run, for metrics.json."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "torchtext": torchtext.__version__,
+            "numpy": np.__version__, "device": str(device), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
+def write_atomic(path, data):
+    """Write bytes or text to path through a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
+
+def write_json(path, obj):
+    """Write obj as indented JSON, atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+# --------------------------------------------------------------------------- diagrams, drawn once
 # Okabe-Ito colours, which stay distinct under the common kinds of colour blindness.
 SKY, ORANGE, BLUE, VERMILLION, GREEN, YELLOW = "#56B4E9", "#E69F00", "#0072B2", "#D55E00", "#009E73", "#F0E442"
 
@@ -2490,6 +2498,7 @@ def plot_pipeline(path=None):
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.set(xlim=(0, 9), ylim=(0.3, 4.5), aspect="equal")  # one unit is one inch
     ax.set_axis_off()
+    ax.set_title("An illustration: the token ids and the probability are made up", fontsize=10, color="dimgrey")
     tokens, ids = "this movie was not bad at all".split(), [12, 19, 14, 30, 81, 33, 40]
     rows = [3.5 - 0.4 * k for k in range(len(tokens))]  # positions run down the page, one row per token
     middle = rows[3]
@@ -2530,18 +2539,32 @@ def plot_pipeline(path=None):
 
 
 # --------------------------------------------------------------------------- command line
+DIAGRAMS = {"3_pipeline.png": plot_pipeline, "3_lstm_cell.png": plot_lstm_cell}  # the lesson shows them as images
+
+
 def main(argv=None):
-    """`python helpers.py convert-checkpoint FOLDER --trust-pickled-file`: the one command line this module has."""
+    """`python helpers.py convert-checkpoint FOLDER --trust-pickled-file`; `python helpers.py diagrams`."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python helpers.py", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    diagrams = commands.add_parser("diagrams", help="draw the lesson's fixed diagrams into figures/ (they never "
+                                                    "change with a run, so the notebook shows the files)")
+    diagrams.add_argument("--folder", default=str(REPO_DIR / "figures"), help="where to write them")
     convert = commands.add_parser("convert-checkpoint",
                                   help="rewrite an old checkpoint's weights.pt (a pickle) as weights.safetensors")
     convert.add_argument("folder", help="the checkpoint folder holding weights.pt, vocab.json and config.json")
     convert.add_argument("--trust-pickled-file", action="store_true",
                          help="required: you trust whoever made weights.pt, since unpickling it can run code")
     args = parser.parse_args(argv)
+    if args.command == "diagrams":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        for name, draw in DIAGRAMS.items():
+            draw(Path(args.folder) / name)
+            print(f"wrote {Path(args.folder) / name}")
+        return
     try:
         written = convert_legacy_checkpoint(args.folder, trust_pickled_file=args.trust_pickled_file)
     except (UntrustedCheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:

@@ -15,8 +15,12 @@ training and validation split for the three models of a run) and writes
                                         reviews are not read): the evidence for the rule adopted
     figures/baseline_seeds.md           the three as the README's tables of "The strong baseline"
 
-The interval uses the t distribution with n - 1 degrees of freedom (4.30 standard errors for
-three seeds): a difference is "beyond noise" only when that interval excludes 0.
+Noise. On the test reviews (one set that every seed scores) a difference has two noises: the seeds' and the
+set's own sampling (another 25,000 reviews would give another figure), combined by stats.paired_two_noises from
+each review's right-or-wrong per run. On validation every seed has its own split, so the spread of the seeds'
+differences already holds both: paired by seed, t with n - 1 degrees of freedom. The verdicts of one summary
+are one family of six comparisons (three pairs of models on two splits), judged by Holm's rule (stats.holm) at
+95 %: "beyond noise" is the Holm verdict; the unadjusted p and Holm's are both written.
 """
 
 import argparse
@@ -29,9 +33,9 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 if __package__:  # imported as sweeps.compare_baseline
-    from .stats import paired, write_csv
+    from .stats import holm, paired, paired_two_noises, write_csv
 else:  # run as a script: sweeps/ is on sys.path
-    from stats import paired, write_csv
+    from stats import holm, paired, paired_two_noises, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = (("ngram", "n-gram baseline"), ("lstm", "LSTM"), ("combined", "LSTM + n-grams"))
@@ -84,7 +88,23 @@ def run_row(run_dir):
         "lstm_training_seconds": round(m["training_seconds"] + m["pretraining_seconds"], 1),
         "run_minutes": round(notebook["metadata"]["papermill"]["duration"] / 60, 2),
         "peak_memory_mib": round(m["peak_memory"]["cpu_rss_mib"]),
+        # the largest finished child process's peak (0: none); the run's whole peak is at most the sum
+        "peak_children_mib": round(m["peak_memory"].get("children_rss_mib", 0)),
     }
+
+
+def test_rights(run_dirs):
+    """{model: [runs, test reviews] of 1 (right) or 0}, the runs in the order given, all on one test set."""
+    rights, labels = {key: [] for key, _ in MODELS}, None
+    for run_dir in run_dirs:
+        _, _, logits = load_run(run_dir)
+        if labels is None:
+            labels = logits["test_labels"]
+        elif not np.array_equal(labels, logits["test_labels"]):
+            raise SystemExit(f"error: {run_dir} scored other test reviews: the runs must share one test set")
+        for key, _ in MODELS:
+            rights[key].append(((logits[f"test_{key}"] >= 0) == labels.astype(bool)).astype(float))
+    return {key: np.array(value) for key, value in rights.items()}
 
 
 def old_rule(lstm, ngram, labels):
@@ -127,21 +147,34 @@ def rule_rows(run_dir):
     return rows
 
 
-def summary_rows(rows):
-    """Each model's mean ± sd, and each paired difference's mean, standard error and t interval (points)."""
+def summary_rows(rows, rights):
+    """Each model's mean ± sd, and each paired difference's mean, standard error (both noises on test), t
+    interval (points) and Holm verdict over the summary's six comparisons. rights: test_rights of the same runs."""
     if len(rows) < 2:
         raise SystemExit("error: give at least two runs: one run has no spread")
-    out = []
+    out, comparisons = [], []
+    blank = {"se": "", "seed_se": "", "set_se": "", "df": "", "ci_low": "", "ci_high": "", "p": "", "p_holm": "",
+             "beyond_noise": ""}
     for split in ("valid", "test"):
         for key, name in MODELS:
             values = [r[f"{key}_{split}_acc"] for r in rows]
             out.append({"split": split, "what": name, "mean": statistics.mean(values),
-                        "sd": statistics.stdev(values), "se": "", "ci_low": "", "ci_high": "", "beyond_noise": ""})
+                        "sd": statistics.stdev(values), **blank})
         for a, b in COMPARISONS:
             what = f"{dict(MODELS)[a]} minus {dict(MODELS)[b]} (points)"
-            c = paired([r[f"{a}_{split}_acc"] for r in rows], [r[f"{b}_{split}_acc"] for r in rows], 100, what)
-            out.append({"split": split, "what": what, "mean": c.mean, "sd": c.se * np.sqrt(c.n), "se": c.se,
-                        "ci_low": c.low, "ci_high": c.high, "beyond_noise": "yes" if c.beyond_noise else "no"})
+            if split == "test":
+                c, seed_se, set_se = paired_two_noises(rights[a] - rights[b], 100, what)
+            else:
+                c = paired([r[f"{a}_{split}_acc"] for r in rows], [r[f"{b}_{split}_acc"] for r in rows], 100, what)
+                seed_se, set_se = c.se, ""  # each seed's own split: its sampling noise is in the seeds' spread
+            row = {"split": split, "what": what, "mean": c.mean, "sd": c.se * np.sqrt(c.n), **blank,
+                   "se": c.se, "seed_se": seed_se, "set_se": set_se, "df": round(c.df, 1),
+                   "ci_low": c.low, "ci_high": c.high, "p": c.p}
+            out.append(row)
+            comparisons.append((row, c))
+    beyond, adjusted = holm([c.p for _, c in comparisons])
+    for (row, _), verdict, p_holm in zip(comparisons, beyond, adjusted, strict=True):
+        row["p_holm"], row["beyond_noise"] = float(p_holm), "yes" if verdict else "no"
     return out
 
 
@@ -164,12 +197,12 @@ def markdown_tables(rows, summary, rules):
              for split in ("valid", "test") for _, name in MODELS]
     lines.append(f"| mean ± sd | | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} | {cells[4]} | {cells[5]} "
                  "| | | | | |")
-    lines += ["", "| on the test reviews, paired by seed | difference (points) | 95 % t interval | beyond noise |",
-              "|---|---|---|---|"]
+    lines += ["", "| on the test reviews, paired by seed | difference (points) ± SE of both noises | 95 % t interval "
+              "| p (Holm, 6 comparisons) | beyond noise |", "|---|---|---|---|---|"]
     for s in summary:
         if s["split"] == "test" and s["se"] != "":
-            lines.append(f"| {s['what'].removesuffix(' (points)')} | {s['mean']:+.2f} ± {s['se']:.2f} "
-                         f"| {s['ci_low']:+.2f} to {s['ci_high']:+.2f} | {s['beyond_noise']} |")
+            lines.append(f"| {s['what'].removesuffix(' (points)')} | {s['mean']:+.3f} ± {s['se']:.3f} "
+                         f"| {s['ci_low']:+.3f} to {s['ci_high']:+.3f} | {s['p_holm']:.3g} | {s['beyond_noise']} |")
     seeds = list(dict.fromkeys(r["seed"] for r in rules))
     lines += ["", "| rule, 10-fold cross-validation within the validation split | "
               + " | ".join(f"seed {seed}: accuracy / log loss" for seed in seeds) + " |",
@@ -199,14 +232,15 @@ def main(argv=None):
     if len({r["seed"] for r in rows}) != len(rows):
         raise SystemExit("error: two runs have the same seed; give one run per seed")
     rules = [row for run in args.runs for row in rule_rows(run)]
-    summary = summary_rows(rows)
+    summary = summary_rows(rows, test_rights(args.runs))
     write_csv(f"{args.out}.csv", rows)
     write_csv(f"{args.out}_summary.csv", summary)
     write_csv(rules_path(args.out), rules)
     Path(f"{args.out}.md").write_text(markdown_tables(rows, summary, rules), encoding="utf-8")
     for row in summary:
-        print(f"{row['split']:>5}  {row['what']:<40} {row['mean']:.4f}" + (f" ± {row['se']:.2f} (95 % t interval "
-              f"{row['ci_low']:+.2f} to {row['ci_high']:+.2f}, beyond noise: {row['beyond_noise']})"
+        print(f"{row['split']:>5}  {row['what']:<40} {row['mean']:.4f}" + (f" ± {row['se']:.3f} (95 % t interval "
+              f"{row['ci_low']:+.3f} to {row['ci_high']:+.3f}, Holm p {row['p_holm']:.3g}, beyond noise: "
+              f"{row['beyond_noise']})"
               if row["se"] != "" else f" ± {row['sd']:.4f} sd"))
     for row in rules:
         print(f"seed {row['seed']:>3}  {row['rule']:<40} validation {CV_FOLDS}-fold accuracy {row['cv_valid_acc']:.4f}"

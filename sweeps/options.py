@@ -141,5 +141,5 @@ def ensemble_integrated_gradients(model, token_ids, device, steps):
     """Integrated gradients of an ensemble: each member's, averaged, as its logit averages theirs."""
     explained = [helpers.integrated_gradients(member, token_ids, device, steps)
                  for member in getattr(model, "members", [model])]
-    contributions, logit, baseline_logit = (np.mean(values, axis=0) for values in zip(*explained, strict=True))
-    return contributions, float(logit), float(baseline_logit)
+    contributions, logit, reference_logit = (np.mean(values, axis=0) for values in zip(*explained, strict=True))
+    return contributions, float(logit), float(reference_logit)

@@ -18,7 +18,9 @@ the CSV is written only when every row is complete.
 
 The rest is what notebooks/research_record.ipynb imports: read_csv (a CSV as columns, refusing
 failed runs and missing values, named by file and run), by_seed and by_config (a column by seed),
-errorbar_plot and Table. The statistics are in sweeps/stats.py.
+errorbar_plot and Table, and holm_by_section (each section's verdicts as one family under Holm's
+rule: p alone, p adjusted, and which verdicts that changes) with holm_table. The statistics are in
+sweeps/stats.py.
 """
 
 import argparse
@@ -32,9 +34,9 @@ from pathlib import Path
 import numpy as np
 
 if __package__:  # imported as sweeps.records (the lab)
-    from .stats import write_csv
+    from .stats import LEVEL, judge_family, write_csv
 else:  # run as a script, or imported as records with sweeps/ on sys.path (the tests)
-    from stats import write_csv
+    from stats import LEVEL, judge_family, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_A_NUMBER = {"nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"}  # as Python or pandas writes them
@@ -113,6 +115,45 @@ def by_config(columns, value):
     """{configuration: {seed: value}} of a seeded sweep's summary.csv, configurations in their order there."""
     config = configurations(columns)
     return {c: by_seed(rows_where(columns | {"config": config}, config=c), value) for c in dict.fromkeys(config)}
+
+
+# --------------------------------------------------------------------------- many verdicts: Holm's rule
+
+
+def holm_by_section(claims, level=LEVEL):
+    """Each section's verdicts judged as one family under Holm's rule (stats.judge_family).
+
+    claims: (section, claim, Comparison, ...) tuples in the record's order; anything after the Comparison is
+    ignored, so the record's own claim tuples go in as they are. A section's family is every claim of that
+    section. Returns one dict per claim, in the same order:
+    section, claim, comparison, family (how many verdicts the section holds), p (the comparison's own,
+    as if alone), p_holm (Holm-adjusted within the section), beyond_before (the comparison's verdict as
+    it was judged: its t rule, with any Bonferroni `comparisons` it carries), beyond_holm (p_holm <= 0.05),
+    and changed (beyond_holm differs from beyond_before).
+    """
+    claims = [(section, claim, comparison) for section, claim, comparison, *_ in claims]
+    verdicts = {}
+    for section in dict.fromkeys(section for section, _, _ in claims):
+        members = [k for k, (s, _, _) in enumerate(claims) if s == section]
+        for k, verdict in zip(members, judge_family([claims[k][2] for k in members], level), strict=True):
+            verdicts[k] = verdict
+    rows = []
+    for k, (section, claim, comparison) in enumerate(claims):
+        verdict = verdicts[k]
+        rows.append({"section": section, "claim": claim, "comparison": comparison, "family": verdict.family_size,
+                     "p": verdict.p, "p_holm": verdict.p_holm, "beyond_before": bool(comparison.beyond_noise),
+                     "beyond_holm": verdict.beyond_noise,
+                     "changed": verdict.beyond_noise != bool(comparison.beyond_noise)})
+    return rows
+
+
+HOLM_COLUMNS = ("section", "claim", "family", "p", "p, Holm", "beyond before", "beyond, Holm", "")
+
+
+def holm_table(rows, digits=4):
+    """holm_by_section's rows as a Table under HOLM_COLUMNS, "CHANGED" marking the verdicts Holm's rule turns."""
+    return Table([(r["section"], r["claim"], r["family"], r["p"], r["p_holm"], r["beyond_before"], r["beyond_holm"],
+                   "CHANGED" if r["changed"] else "") for r in rows], HOLM_COLUMNS, digits)
 
 
 # --------------------------------------------------------------------------- showing

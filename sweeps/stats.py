@@ -1,12 +1,19 @@
 """The statistics of the sweeps and the research record, in one place.
 
-One rule judges every difference: a mean over n runs with its standard error (SE) is "beyond
+One rule judges a difference alone: a mean over n runs with its standard error (SE) is "beyond
 noise" when |mean| > t × SE, t the two-sided 95 % quantile of the t distribution with n - 1
 degrees of freedom (4.30 for three seeds; Welch's degrees of freedom for two unpaired groups).
-Where several comparisons were made on the same runs and the best was picked (the averaging
-windows), `comparisons` raises t to the Bonferroni level 1 - 0.05 / comparisons.
+Runs that share seeds are compared paired, seed by seed (`paired_by_seed`, n - 1 df); only runs
+that share fewer than two seeds are compared unpaired, by Welch's t (`compare_by_seed` chooses).
 
-Used by sweeps/sweep.py (summaries of seeded sweeps), sweeps/compare_baseline.py,
+One rule judges many: where a table makes several comparisons, they are one family, and Holm's
+step-down rule (`holm`, `judge_family`) gives each its adjusted p-value and its verdict: "beyond
+noise" when the Holm-adjusted p is at most 0.05. It keeps the chance of any false "beyond noise" in
+the family at 5 %, as Bonferroni does, and is never stricter. A table says its family: which
+comparisons, and how many. (`comparisons` of a Comparison, the older Bonferroni allowance that
+raises t to the level 1 - 0.05 / comparisons, is kept for the record's earlier tables.)
+
+Used by sweeps/sweep.py (summaries of seeded sweeps), sweeps/compare_baseline.py, sweeps/ood_rules.py,
 sweeps/records.py and notebooks/research_record.ipynb.
 """
 
@@ -107,7 +114,9 @@ class Comparison:
         """The two-sided p-value of the t test of mean 0, for this comparison alone."""
         from scipy import stats
 
-        return float(2 * stats.t.sf(abs(self.ratio), self.df)) if self.se > 0 else 0.0
+        if self.se == 0:  # no spread: any difference is certain, none is none
+            return 0.0 if self.mean != 0 else 1.0
+        return float(2 * stats.t.sf(abs(self.ratio), self.df))
 
     @property
     def p_adjusted(self):
@@ -171,6 +180,38 @@ def paired_by_seed(a, b, scale=1.0, what="paired values"):
     return paired([a[s] for s in seeds], [b[s] for s in seeds], scale, what)
 
 
+def welch(a, b, scale=1.0, what="values"):
+    """mean(a) - mean(b) of two independent groups of runs, as a Comparison judged with Welch's t.
+
+    Its standard error is sqrt(sd_a²/n_a + sd_b²/n_b), its degrees of freedom Welch-Satterthwaite's; its n is
+    the smaller group's (the n that `text` shows).
+    """
+    a, b = finite(a, what), finite(b, what)
+    if a.ndim != 1 or b.ndim != 1 or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"{what}: Welch's t needs two lists of at least two values each, not {a.shape} and {b.shape}")
+    sd_a, sd_b = float(a.std(ddof=1)), float(b.std(ddof=1))
+    comparison = Comparison(float(a.mean() - b.mean()), unpaired_se(sd_a, len(a), sd_b, len(b)), min(len(a), len(b)),
+                            degrees=welch_degrees_of_freedom(sd_a, len(a), sd_b, len(b)))
+    return comparison.scaled(scale)
+
+
+PAIRED, WELCH = "paired t", "Welch t"  # the tests compare_by_seed chooses between
+
+
+def compare_by_seed(a, b, scale=1.0, what="values"):
+    """a - b for two {seed: value} dicts: (Comparison, the test used, the seeds it paired).
+
+    Paired by seed (a paired t on the per-seed differences, n - 1 df, n the seeds both hold) whenever the two
+    share at least two seeds; the seeds only one side holds are then left out (a failed run's partner). Only
+    when they share fewer than two seeds: Welch's unpaired t over all the values (Welch-Satterthwaite df).
+    """
+    shared = sorted(set(a) & set(b))
+    if len(shared) >= 2:
+        comparison = paired([a[s] for s in shared], [b[s] for s in shared], scale, what)
+        return comparison, PAIRED, shared
+    return welch(list(a.values()), list(b.values()), scale, what), WELCH, []
+
+
 def write_csv(path, rows):
     """rows (dicts with the same keys) as a CSV file, floats as Python writes them."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +252,8 @@ def holm(p_values, level=LEVEL):
     adjusted p-value (Holm 1979). Sorted ascending, the k-th smallest p (k = 1 ... m) must be at most
     (1 - level) / (m - k + 1), and every smaller p must have passed too; the adjusted p is the running maximum
     of (m - k + 1) x p. It controls the chance of any false "beyond noise" in the family, as Bonferroni does,
-    and is never stricter.
+    and is never stricter. The family is every p passed: a table that uses it says which comparisons, and how
+    many (`judge_family` does this for Comparisons).
     """
     p = finite(p_values, "p-values")
     m = len(p)
@@ -222,3 +264,40 @@ def holm(p_values, level=LEVEL):
         running = max(running, min(1.0, (m - rank) * p[index]))
         adjusted[index] = running
     return adjusted <= 1 - level, adjusted
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One comparison of a family, judged alone and by Holm's rule over the family."""
+
+    comparison: Comparison
+    family_size: int  # how many comparisons the family holds (this one included)
+    p: float  # the comparison's own p-value, as if it were the only one (`comparison.among(1).p`)
+    p_holm: float  # Holm's adjusted p-value over the family
+    beyond_noise: bool  # Holm's verdict: p_holm <= 1 - level
+    level: float = LEVEL
+
+    @property
+    def beyond_alone(self):
+        """The verdict of the comparison alone: p <= 1 - level."""
+        return self.p <= 1 - self.level
+
+    @property
+    def verdict(self):
+        """Holm's verdict in words: "beyond noise" or "within noise"."""
+        return "beyond noise" if self.beyond_noise else "within noise"
+
+
+def judge_family(comparisons, level=LEVEL):
+    """[Verdict] of each comparison, in order, the comparisons being one family under Holm's rule.
+
+    Each comparison's p is its own (a Bonferroni `comparisons` it carries is dropped: the family replaces it).
+    An empty family gives [].
+    """
+    comparisons = list(comparisons)
+    if not comparisons:
+        return []
+    p = [c.among(1).p for c in comparisons]
+    beyond, adjusted = holm(p, level)
+    return [Verdict(c, len(comparisons), float(p_alone), float(p_holm), bool(verdict), level)
+            for c, p_alone, p_holm, verdict in zip(comparisons, p, adjusted, beyond, strict=True)]

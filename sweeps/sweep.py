@@ -1,6 +1,6 @@
 """Run a hyperparameter sweep of the notebook with papermill, then summarise it.
 
-    python sweeps/sweep.py sweeps/smoke.yaml [--jobs N] [--summary-only] [--runs-dir runs]
+    python sweeps/sweep.py sweeps/smoke.yaml [--jobs N] [--summary-only] [--show-test] [--runs-dir runs]
     python sweeps/sweep.py sweeps/smoke.yaml --scheduler tcp://host:8786 [--fetch-checkpoints]
     python sweeps/sweep.py sweeps/smoke.yaml --scheduler tls://host:8786 \
         --tls-ca-file ca.pem --tls-cert cluster.pem --tls-key cluster-key.pem
@@ -17,8 +17,15 @@ checkout's sweeps/ folder (committed with the code, reviewed like it), or with -
 checked against the notebook's names, and names that must stay inside runs/<sweep>/.
 With `seeds: [42, 1, 2]` every configuration runs once per seed (folders `<run>_seed-<seed>`),
 and summary_by_config.{csv,md} reports each configuration's mean, standard deviation and
-number of seeds, and its difference from the reference configuration (the run named
-`default` or `baseline`, else the first) with that difference's standard error.
+number of seeds, and its difference in validation accuracy from the reference configuration (the
+run named `default` or `baseline`, else the first) with that difference's standard error: paired
+by seed (a paired t on the per-seed differences, n - 1 df) where the two share seeds, Welch's
+unpaired t only where they share fewer than two. The verdicts are Holm's over the family of every
+comparison the table makes (its size in `holm_family`): "beyond noise" when the Holm-adjusted p is
+at most 0.05. The averaging table (averaging_by_config.csv) is judged the same way.
+
+The summaries show validation figures only: choices are made on validation, and test accuracy
+sits beside them only when asked for (--show-test), never judged.
 
 Each run goes to runs/<sweep>/<run>/ with its executed notebook,
 metrics.json, checkpoint and figures. Finished runs are skipped when a sweep is started again;
@@ -66,9 +73,9 @@ from pathlib import Path
 import yaml
 
 if __package__:  # imported as sweeps.sweep
-    from .stats import t_quantile, welch_degrees_of_freedom
+    from .stats import PAIRED, compare_by_seed, judge_family, paired
 else:  # run as a script, or imported as sweep with sweeps/ on sys.path (the tests)
-    from stats import t_quantile, welch_degrees_of_freedom
+    from stats import PAIRED, compare_by_seed, judge_family, paired
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "sentiment_lstm.ipynb"
@@ -558,12 +565,13 @@ def local_runs(sweep_dir, todo, jobs, execute, log=print):
 
 
 def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_names=None, log=print,
-              scheduler=None, fetch_checkpoints=False, tls=None, allow_code_edits=False):
+              scheduler=None, fetch_checkpoints=False, tls=None, allow_code_edits=False, show_test=False):
     """Run every configuration not yet complete; returns (sweep folder, names of the failed runs).
 
     Locally `jobs` at a time, or, given a scheduler address, on the workers of that Dask cluster;
     tls: {"tls_ca_file": ..., "tls_cert": ..., "tls_key": ...} for a tls:// scheduler.
     allow_code_edits: run the edits (code) of a sweep file outside this checkout's sweeps/.
+    show_test: the summaries show test accuracy too (by default validation only).
     """
     execute = execute or papermill_execute
     tls = {name: path for name, path in (tls or {}).items() if path}
@@ -599,12 +607,15 @@ def run_sweep(sweep_file, runs_dir=REPO / "runs", jobs=1, execute=None, valid_na
             f"{status} in {seconds:.0f} s")
     if todo:
         log(f"{len(todo)} run(s) in {time.perf_counter() - start:.0f} s")
-    summarise(sweep_dir, runs)
+    summarise(sweep_dir, runs, show_test=show_test)
     return sweep_dir, sorted(failed)
 
 
-def summarise(sweep_dir, runs, log=print):
-    """Write summary.csv, summary.md and the comparison figures of a sweep folder for its runs."""
+def summarise(sweep_dir, runs, log=print, show_test=False):
+    """Write summary.csv, summary.md and the comparison figures of a sweep folder for its runs.
+
+    show_test: a column of test accuracy too; by default the summaries show validation figures only.
+    """
     sweep_dir = Path(sweep_dir)
     varied = varied_parameters(runs)
     rows, histories = [], {}
@@ -630,7 +641,7 @@ def summarise(sweep_dir, runs, log=print):
         rows.append(row)
     rows.sort(key=lambda r: -(r.get("valid_acc") or -1))
     columns = ["run", *varied, "status", "valid_acc", "valid_loss", "best_valid_acc", "best_valid_loss",
-               "test_accuracy", "n_models", "epochs",
+               *(["test_accuracy"] if show_test else []), "n_models", "epochs",
                "best_epoch", "seconds", "run_seconds"]
     with open(sweep_dir / "summary.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
@@ -643,7 +654,7 @@ def summarise(sweep_dir, runs, log=print):
     if histories:
         plot_sweep(sweep_dir, runs, histories, varied, rows)
     if any(SEED_SUFFIX.search(name) for name in runs):
-        summarise_by_configuration(sweep_dir, runs, rows, [k for k in varied if k != "seed"])
+        summarise_by_configuration(sweep_dir, runs, rows, [k for k in varied if k != "seed"], show_test=show_test)
     summarise_averaging(sweep_dir, runs)
     log(f"summary: {sweep_dir / 'summary.md'}")
     return rows
@@ -668,49 +679,76 @@ def _mean_sd(values):
     return mean, (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def summarise_by_configuration(sweep_dir, runs, rows, varied):
+def run_seed(runs, name):
+    """The seed a run of a seeded sweep ran with: its parameter, else its folder's `_seed-N`."""
+    seed = runs.get(name, {}).get("seed")
+    if seed is None:
+        match = SEED_SUFFIX.search(name)
+        seed = int(match.group(1)) if match else None
+    return seed
+
+
+def summarise_by_configuration(sweep_dir, runs, rows, varied, show_test=False):
     """Group a seeded sweep's runs by configuration: mean, standard deviation and seeds per metric.
 
     Each configuration is compared with the reference (the one named `default` or `baseline`,
-    else the first): the difference of mean validation accuracies, its standard error
-    sqrt(sd1^2/n1 + sd2^2/n2), and whether the difference is beyond noise: larger than the t
-    distribution's 97.5 % quantile times that standard error (Welch's degrees of freedom; with three
-    seeds each, about 2.8 standard errors, not 2).
+    else the first) on validation accuracy (stats.compare_by_seed): where the two share at least two
+    seeds, paired by seed, a paired t on the per-seed differences with n - 1 degrees of freedom (n the
+    seeds both ran; `method` "paired t", `pairs` n); else Welch's unpaired t, sqrt(sd1²/n1 + sd2²/n2)
+    with Welch-Satterthwaite's degrees of freedom (`method` "Welch t"). The comparisons of the table
+    are one family under Holm's rule (stats.judge_family): `p` is each one's own p-value, `p_holm` its
+    Holm-adjusted one, `holm_family` the family's size, and `beyond_noise` "yes" when p_holm <= 0.05.
+    A configuration with too few runs for a standard error gets its difference only, and is no
+    member of the family. Test accuracy's mean and sd are columns only with show_test, never judged.
     """
     configs = list(dict.fromkeys(configuration(name) for name in runs))
     reference = next((c for c in configs if c in ("default", "baseline")), configs[0])
     done = {c: [r for r in rows if configuration(r["run"]) == c and r["status"] == "ok"] for c in configs}
+    metrics = ["valid_acc", "valid_loss", "best_valid_acc", "best_valid_loss"]
+    metrics += ["test_accuracy"] if show_test else []  # shown, never judged
     summary = []
     for config in configs:
         first = runs[next(name for name in runs if configuration(name) == config)]
         row = {"config": config, **{k: first.get(k, "(default)") for k in varied}, "seeds": len(done[config])}
-        for key in ("valid_acc", "valid_loss", "best_valid_acc", "best_valid_loss", "test_accuracy", "seconds",
-                    "run_seconds"):
+        for key in (*metrics, "seconds", "run_seconds"):
             row[f"{key}_mean"], row[f"{key}_sd"] = _mean_sd([float(r[key]) for r in done[config]
                                                             if r.get(key) is not None])
         summary.append(row)
     ref = next(r for r in summary if r["config"] == reference)
+
+    def accuracies(config):
+        return {run_seed(runs, r["run"]): float(r["valid_acc"]) for r in done[config] if r.get("valid_acc") is not None}
+
+    judged = []  # (row, Comparison): the family
     for row in summary:
         if row["config"] == reference or not row["seeds"] or not ref["seeds"]:
             continue
         row["valid_acc_vs_reference"] = row["valid_acc_mean"] - ref["valid_acc_mean"]
-        if row["valid_acc_sd"] is not None and ref["valid_acc_sd"] is not None:
-            row["vs_reference_se"] = math.sqrt(row["valid_acc_sd"] ** 2 / row["seeds"]
-                                               + ref["valid_acc_sd"] ** 2 / ref["seeds"])
-            df = welch_degrees_of_freedom(row["valid_acc_sd"], row["seeds"], ref["valid_acc_sd"], ref["seeds"])
-            row["beyond_noise"] = "yes" if abs(row["valid_acc_vs_reference"]) > t_quantile(df) * row[
-                "vs_reference_se"] else "no"
+        try:
+            comparison, method, pairs = compare_by_seed(accuracies(row["config"]), accuracies(reference),
+                                                        what=f"{row['config']} - {reference}")
+        except ValueError:  # fewer than two runs on a side: no standard error, no verdict
+            continue
+        row.update(valid_acc_vs_reference=comparison.mean, vs_reference_se=comparison.se, method=method,
+                   pairs=len(pairs) if method == PAIRED else "", df=comparison.df)
+        judged.append((row, comparison))
+    for (row, _), verdict in zip(judged, judge_family(c for _, c in judged), strict=True):
+        row.update(p=verdict.p, p_holm=verdict.p_holm, holm_family=verdict.family_size,
+                   beyond_noise="yes" if verdict.beyond_noise else "no")
     summary.sort(key=lambda r: -(r["valid_acc_mean"] if r["valid_acc_mean"] is not None else -1))
-    columns = ["config", *varied, "seeds", "valid_acc_mean", "valid_acc_sd", "valid_loss_mean", "valid_loss_sd",
-               "best_valid_acc_mean", "best_valid_acc_sd", "best_valid_loss_mean", "best_valid_loss_sd",
-               "test_accuracy_mean", "test_accuracy_sd", "seconds_mean", "run_seconds_mean",
-               "valid_acc_vs_reference", "vs_reference_se", "beyond_noise"]
+    columns = ["config", *varied, "seeds", *(f"{key}_{part}" for key in metrics for part in ("mean", "sd")),
+               "seconds_mean", "run_seconds_mean", "valid_acc_vs_reference", "vs_reference_se", "method", "pairs",
+               "df", "p", "p_holm", "holm_family", "beyond_noise"]
     with open(sweep_dir / "summary_by_config.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(summary)
 
-    lines = [f"Reference configuration: {reference}", "",
+    lines = [f"Reference configuration: {reference}. Each configuration's validation accuracy minus the reference's: "
+             "paired by seed (a paired t on the per-seed differences, n - 1 df, n = pairs) where the two share seeds, "
+             "else Welch's unpaired t (method). Verdicts: Holm's rule at 0.05 over the family of the "
+             f"{len(judged)} comparisons of this table (p_holm)."
+             + ("" if show_test else " Validation only: test accuracy is shown with --show-test."), "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in summary]
     (sweep_dir / "summary_by_config.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -725,8 +763,11 @@ def summarise_averaging(sweep_dir, runs):
     best epoch on the validation split (metrics.json's "averaging"). For each configuration and window
     size: the mean and standard deviation over the runs (seeds), and the paired differences of
     accuracy and loss from the best epoch alone (the same run's window of 1) with their standard
-    errors, sd(differences) / sqrt(n), and whether each is beyond noise: larger than t(0.975, n - 1)
-    standard errors (4.30 for three runs). Configuration "(all)" pools every run of the sweep.
+    errors, sd(differences) / sqrt(n), and each one's p-value (the paired t, n - 1 df). Every
+    difference of the table, accuracy and loss, each window and configuration "(all)" included, is
+    one family under Holm's rule (stats.judge_family; its size in `holm_family`): `*_beyond_noise` is
+    "yes" when the Holm-adjusted p (`*_p_holm`) is at most 0.05. Configuration "(all)" pools every
+    run of the sweep.
     Returns the rows; writes nothing if no
     run recorded an averaging table (only runs of sweeps/averaging_seeds.yaml do).
     """
@@ -744,22 +785,26 @@ def summarise_averaging(sweep_dir, runs):
     if len({config for config, _ in windows}) > 1:  # and every run of the sweep together, paired the same way
         for (_, size), values in list(windows.items()):
             windows.setdefault(("(all)", size), []).extend(values)
-    summary = []
+    summary, judged = [], []  # judged: (row, metric, Comparison), the family
     for (config, size), values in windows.items():
         row = {"config": config, "epochs_averaged": size, "runs": len(values)}
         row["valid_acc_mean"], row["valid_acc_sd"] = _mean_sd([v[0] for v in values])
         row["valid_loss_mean"], row["valid_loss_sd"] = _mean_sd([v[1] for v in values])
-        paired = [v for v in values if v[2] is not None]
-        if size > 1 and len(paired) > 1:
+        pairs = [v for v in values if v[2] is not None]
+        if size > 1 and len(pairs) > 1:
             for metric, index in (("acc", 0), ("loss", 1)):
-                mean, sd = _mean_sd([v[index] - v[2][index] for v in paired])
-                row[f"{metric}_vs_one_epoch"], row[f"{metric}_vs_one_epoch_se"] = mean, sd / math.sqrt(len(paired))
-                limit = t_quantile(len(paired) - 1) * row[f"{metric}_vs_one_epoch_se"]
-                row[f"{metric}_beyond_noise"] = "yes" if abs(mean) > limit else "no"
+                comparison = paired([v[index] for v in pairs], [v[2][index] for v in pairs],
+                                    what=f"{config}, {size} epochs, {metric}")
+                row[f"{metric}_vs_one_epoch"], row[f"{metric}_vs_one_epoch_se"] = comparison.mean, comparison.se
+                judged.append((row, metric, comparison))
         summary.append(row)
+    for (row, metric, _), verdict in zip(judged, judge_family(c for *_, c in judged), strict=True):
+        row.update({f"{metric}_p": verdict.p, f"{metric}_p_holm": verdict.p_holm, "holm_family": verdict.family_size,
+                    f"{metric}_beyond_noise": "yes" if verdict.beyond_noise else "no"})
     columns = ["config", "epochs_averaged", "runs", "valid_acc_mean", "valid_acc_sd", "valid_loss_mean",
-               "valid_loss_sd", "acc_vs_one_epoch", "acc_vs_one_epoch_se", "acc_beyond_noise", "loss_vs_one_epoch",
-               "loss_vs_one_epoch_se", "loss_beyond_noise"]
+               "valid_loss_sd", "acc_vs_one_epoch", "acc_vs_one_epoch_se", "acc_p", "acc_p_holm", "acc_beyond_noise",
+               "loss_vs_one_epoch", "loss_vs_one_epoch_se", "loss_p", "loss_p_holm", "loss_beyond_noise",
+               "holm_family"]
     with open(sweep_dir / "averaging_by_config.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
@@ -831,6 +876,9 @@ def main(argv=None):
                         help="with --scheduler: also bring each run's checkpoint back from its worker")
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs", help="where runs/<sweep>/ goes")
     parser.add_argument("--summary-only", action="store_true", help="only (re)write the summary of a sweep")
+    parser.add_argument("--show-test", action="store_true",
+                        help="show test accuracy in the summaries too (by default validation only: choices are made "
+                             "on validation, and test accuracy is never judged there)")
     parser.add_argument("--allow-code-edits", action="store_true",
                         help="run the 'edit's (changes to the notebook's code) of a sweep file outside this checkout's "
                              "sweeps/ folder: only for a file you trust as you would a script")
@@ -851,11 +899,11 @@ def main(argv=None):
         if args.summary_only:
             spec = read_sweep_file(args.sweep_file)
             runs = expand(spec, list(notebook_parameters()))
-            summarise(sweep_folder(spec, args.sweep_file, args.runs_dir), runs)
+            summarise(sweep_folder(spec, args.sweep_file, args.runs_dir), runs, show_test=args.show_test)
             return 0
         sweep_dir, failed = run_sweep(args.sweep_file, args.runs_dir, args.jobs, scheduler=args.scheduler,
                                       fetch_checkpoints=args.fetch_checkpoints, tls=tls,
-                                      allow_code_edits=args.allow_code_edits)
+                                      allow_code_edits=args.allow_code_edits, show_test=args.show_test)
     except SweepError as err:
         print(f"error in {args.sweep_file}: {err}", file=sys.stderr)
         return 2
