@@ -64,8 +64,10 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 if __package__:  # imported as sweeps.control
+    from .ood_rules import read_run_files
     from .stats import holm, paired, paired_two_noises, write_csv
 else:  # run as a script: sweeps/ is on sys.path
+    from ood_rules import read_run_files
     from stats import holm, paired, paired_two_noises, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,14 +105,9 @@ def _same(tokens):
 
 # --------------------------------------------------------------------------- the run, and its data rebuilt
 def load_run(run_dir):
-    """(metrics, logits) of a finished run: its metrics.json and its logits.npz (plain arrays, no pickle)."""
+    """(metrics, logits) of a finished run, with what the control needs checked."""
     run_dir = Path(run_dir)
-    for name in ("metrics.json", "logits.npz"):
-        if not (run_dir / name).is_file():
-            raise SystemExit(f"error: {run_dir} holds no {name}: is it a finished default run?")
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    with np.load(run_dir / "logits.npz", allow_pickle=False) as saved:  # plain arrays: nothing can run
-        logits = {name: saved[name] for name in saved.files}
+    metrics, logits = read_run_files(run_dir)
     missing = [f"{s}_{k}" for s in ("valid", "test") for k in ("labels", "lstm", "ngram", "combined", "length")
                if f"{s}_{k}" not in logits]
     if missing or "params" not in metrics or metrics.get("combined", {}).get("rule") != RULE:

@@ -50,15 +50,21 @@ CV_FOLDS = 10
 GATE_POWERS = (0, 1, 2, 4, 8, 16)
 
 
-def load_run(run_dir):
-    """A finished run's metrics.json and logits.npz, with the out-of-domain sets and the coverage saved."""
+def read_run_files(run_dir):
+    """(metrics, logits) of a finished run: its metrics.json and logits.npz (plain arrays, no pickle)."""
     run_dir = Path(run_dir)
     for name in ("metrics.json", "logits.npz"):
-        if not (run_dir / name).exists():
+        if not (run_dir / name).is_file():
             raise SystemExit(f"error: {run_dir} holds no {name}: is it a finished default run?")
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     with np.load(run_dir / "logits.npz", allow_pickle=False) as saved:  # plain arrays: nothing can run
-        logits = {name: saved[name] for name in saved.files}
+        return metrics, {name: saved[name] for name in saved.files}
+
+
+def load_run(run_dir):
+    """A finished run's metrics.json and logits.npz, with the out-of-domain sets and the coverage saved."""
+    run_dir = Path(run_dir)
+    metrics, logits = read_run_files(run_dir)
     missing = [f"{s}_{k}" for s in OOD + ("test", "valid") for k in ("lstm", "ngram", "coverage")
                if f"{s}_{k}" not in logits]
     if missing:
