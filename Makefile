@@ -43,7 +43,7 @@ export JUPYTER_PREFER_ENV_PATH := 1
 # a quarter faster spinning: OMP_WAIT_POLICY=ACTIVE make ... overrides it, and the kernel inherits it.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install lock run exercise test check bench lint lab sweep sweep-summary publish clean clean-cache
+.PHONY: help install lock run exercise test check bench lint lab class sweep sweep-summary publish clean clean-cache
 
 help:
 	@echo "make run      train and evaluate with the default parameters; results in a new runs/<time>/"
@@ -52,6 +52,7 @@ help:
 	@echo "make check    lint and the unit tests that start no notebook: the fast tier, for the edit loop"
 	@echo "make bench    speed and memory: training throughput, predict_review latency; writes figures/benchmark.json"
 	@echo "make lab      open JupyterLab with the project's kernel"
+	@echo "make class   prepare the route's two live notebooks (exercise size; the teacher's checkpoint) and open JupyterLab"
 	@echo "make lock     rewrite requirements.lock (every installed package, with hashes) from requirements.txt"
 	@echo "make sweep SWEEP=sweeps/<name>.yaml [JOBS=N] [SHOW_TEST=1]   a sweep into runs/<name>/ (SHOW_TEST: test accuracy too)"
 	@echo "make sweep SWEEP=... SCHEDULER=tls://host:8786 TLS_CA_FILE=ca.pem TLS_CERT=cluster.pem TLS_KEY=cluster-key.pem"
@@ -118,6 +119,18 @@ run: install
 		-p run_dir $$run_dir -p imdb_archive "$(IMDB_ARCHIVE)" -p ood_data "$(OOD_DATA)" $(PARAMS); \
 	echo "done: $$run_dir/metrics.json"
 
+# The route's two live runs of a class, prepared (papermill --prepare-only: parameters injected, nothing run), so
+# that students only open them and "Run all": notebooks/class_live.ipynb at the exercises' size, and
+# notebooks/class_trained.ipynb on the teacher's checkpoint (TEACHER_CHECKPOINT) with n_epochs 0. Then JupyterLab.
+TEACHER_CHECKPOINT ?= runs/teacher/checkpoint
+class: install
+	@test -f "$(TEACHER_CHECKPOINT)/config.json" || printf '\n*** WARNING: no checkpoint at %s: class_trained.ipynb will stop at its first cells. Copy the teacher'"'"'s checkpoint/ there (make run makes one). ***\n\n' "$(TEACHER_CHECKPOINT)"
+	$(BIN)/papermill --prepare-only $(NOTEBOOK) notebooks/class_live.ipynb -k $(KERNEL) $(EXERCISE_PARAMS)
+	$(BIN)/papermill --prepare-only $(NOTEBOOK) notebooks/class_trained.ipynb -k $(KERNEL) $(EXERCISE_PARAMS) \
+		-p init_checkpoint "$$($(BIN)/python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$(TEACHER_CHECKPOINT)")" \
+		-p n_epochs 0
+	$(if $(NO_LAB),,$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/class_live.ipynb)
+
 # The lesson at the exercises' size (sweeps/exercises.yaml's base; about 70 s on two cores
 # once the cache is filled), plus an exercise's change: make exercise PARAMS="-p cell gru".
 EXERCISE_PARAMS := -p train_size 1500 -p valid_size 1000 -p test_size 2000 -p n_epochs 3
@@ -138,8 +151,10 @@ bench: install
 lint: install
 	$(BIN)/ruff check helpers.py tests notebooks sweeps
 
+# The server's root is the repository, so that the lesson's links to ../figures/ open; the kernel still starts in
+# notebooks/ (the lesson's folder), where relative paths such as ../runs/teacher/checkpoint are read from.
 lab: install
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/sentiment_lstm.ipynb
 
 SWEEP ?=
 JOBS ?= 1

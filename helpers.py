@@ -1357,8 +1357,13 @@ def return_freed_memory(above_mib=None):
 
 
 def peak_memory_mib(device):
-    """Peak resident memory so far in MiB: this process's, its largest finished child's (0 if none; the whole run
-    peaks at most at their sum), and on a GPU peak tensor memory."""
+    """Peak resident memory so far in MiB: this process's, its largest finished child's (0 if none), and on a GPU
+    peak tensor memory.
+
+    A child's figure is no memory of its own when it was forked and then ran a small program: Linux carries the
+    parent's high-water mark over into the child's. The lesson's only child is the `lscpu` scikit-learn runs at
+    import, which shows the kernel's size then (about 400 MiB); the run's peak is the kernel's.
+    """
     peak = {}
     try:
         import resource
@@ -1393,6 +1398,21 @@ class EarlyStopping:
     @property
     def should_stop(self):
         return self.epoch - self.best_epoch >= self.patience
+
+    def finish(self, model, interrupted, log=print):
+        """After fit: with no epoch run (n_epochs 0, a loaded checkpoint) save the model as it is; refuse a run that
+        saved no model; say what an interrupted run kept."""
+        if self.epoch == 0 and not interrupted:
+            save_checkpoint(self.checkpoint_dir, model, self.vocab, self.config)
+            log("n_epochs 0: nothing trained; the loaded checkpoint's model is this run's, as it is")
+        elif self.best_epoch == 0 and interrupted:
+            raise RuntimeError("training was interrupted before its first epoch ended, so no model was saved; "
+                               "run the training cell again (or the notebook) and let at least one epoch finish")
+        elif self.best_epoch == 0:
+            raise RuntimeError(f"no epoch of {self.epoch} gave a finite validation loss, so no model was saved: "
+                               "lower lr, or check the data")
+        elif interrupted:
+            log(f"interrupted: keeping the epochs trained so far (the best: epoch {self.best_epoch}) and their history")
 
 
 class StopOnInterrupt:
@@ -2381,6 +2401,76 @@ def environment_info(device):
     return info
 
 
+def run_metrics(*, test, valid, history, stopper, interrupted, n_train_reviews, n_valid_reviews, model, calibration,
+                ngram_baseline, combined, ood_sets, ood_scores, seconds, peak_memory_before_evaluation, params, config,
+                device):
+    """The run's record for metrics.json, from the notebook's results (the sweeps, the records and the tests read it).
+
+    ngram_baseline: c, max_n, n_features, valid_acc, valid_acc_by_c, test (its binary_metrics) and seconds;
+    combined: rule, weights, bias, valid_acc and test (its binary_metrics); seconds: training, pretraining and
+    analysis. With no epoch trained (a loaded checkpoint used as it is) the best epoch's fields are None.
+    """
+    trained = bool(history["epoch"])
+    weights = [float(w) for w in combined["weights"]]
+    return {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_precision": test["precision"],
+        "test_recall": test["recall"],
+        "test_f1": test["f1"],
+        "test_confusion_matrix": test["confusion_matrix"],
+        "best_epoch": stopper.best_epoch if trained else None,
+        "best_valid_loss": stopper.best_loss if trained else None,
+        "best_valid_acc": history["valid_acc"][stopper.best_epoch - 1] if trained else None,
+        "valid_loss": valid["loss"],
+        "valid_acc": valid["accuracy"],
+        "history": history,
+        "training_seconds": seconds["training"],
+        "interrupted": interrupted,
+        "n_train_reviews": n_train_reviews,
+        "n_valid_reviews": n_valid_reviews,
+        "n_parameters": count_parameters(model),
+        "calibration": calibration,
+        "ngram_baseline": {"c": ngram_baseline["c"], "max_n": ngram_baseline["max_n"],
+                           "n_features": ngram_baseline["n_features"], "valid_acc": ngram_baseline["valid_acc"],
+                           "valid_acc_by_c": ngram_baseline["valid_acc_by_c"],
+                           "test_accuracy": ngram_baseline["test"]["accuracy"],
+                           "test_loss": ngram_baseline["test"]["loss"], "seconds": ngram_baseline["seconds"]},
+        "combined": {"rule": combined["rule"], "weights": weights, "lstm_weight": weights[0],
+                     "ngram_weight": weights[1], "bias": float(combined["bias"]), "valid_acc": combined["valid_acc"],
+                     "test_accuracy": combined["test"]["accuracy"], "test_loss": combined["test"]["loss"],
+                     "test_f1": combined["test"]["f1"]},
+        "out_of_domain": {name: {"title": ood_sets[name].spec.title, "role": ood_sets[name].spec.role,
+                                 "file": ood_sets[name].spec.file, "sha256": ood_sets[name].sha256,
+                                 "n_reviews": len(scores["labels"]), **{
+                                     f"{model_name}_accuracy": float(np.mean((scores[model_name] >= 0)
+                                                                             == scores["labels"]))
+                                     for model_name in ("ngram", "lstm", "combined")}}
+                          for name, scores in ood_scores.items()},
+        "pretraining_seconds": seconds["pretraining"],
+        "analysis_seconds": seconds["analysis"],
+        "peak_memory": peak_memory_mib(device),
+        "peak_memory_before_evaluation": peak_memory_before_evaluation,
+        "params": params,
+        "config": config,  # as saved with the final model
+        "environment": environment_info(device),
+    }
+
+
+RUN_EXCERPT = {"test_accuracy": "test accuracy", "test_loss": "test loss", "best_epoch": "best epoch",
+               "best_valid_acc": "its validation accuracy", "n_train_reviews": "training reviews",
+               "n_parameters": "parameters", "training_seconds": "training seconds"}
+
+
+def metrics_excerpt(metrics):
+    """A table of the figures of metrics.json a reader looks for first."""
+    return Table.from_dict({label: metrics[name] for name, label in RUN_EXCERPT.items()}
+                           | {"n-gram baseline: test accuracy": metrics["ngram_baseline"]["test_accuracy"],
+                              "LSTM + n-grams: test accuracy": metrics["combined"]["test_accuracy"],
+                              "peak memory (MiB)": round(metrics["peak_memory"]["cpu_rss_mib"])},
+                           columns=("metrics.json (excerpt)", ""))
+
+
 def write_atomic(path, data):
     """Write bytes or text to path through a temporary file, so a crash never leaves half a file."""
     path = Path(path)
@@ -2503,7 +2593,7 @@ def plot_pipeline(path=None):
     ax.set(xlim=(0, 9), ylim=(0.3, 4.5), aspect="equal")  # one unit is one inch
     ax.set_axis_off()
     ax.set_title("An illustration: the token ids and the probability are made up", fontsize=10, color="dimgrey")
-    tokens, ids = "this movie was not bad at all".split(), [12, 19, 14, 30, 81, 33, 40]
+    tokens, ids = "a moving film with a brilliant cast".split(), [5, 863, 24, 20, 5, 516, 183]
     rows = [3.5 - 0.4 * k for k in range(len(tokens))]  # positions run down the page, one row per token
     middle = rows[3]
     stages = ((0.55, "review", "1 string"), (1.6, "tokens", "7 tokens"), (2.35, "token\nids", "7 ids"),
@@ -2513,8 +2603,10 @@ def plot_pipeline(path=None):
     for x, title, caption in stages:
         ax.text(x, 4.05, title, ha="center", va="center", fontsize=9.5)
         ax.text(x, 0.82, caption, ha="center", va="top", fontsize=9, color="dimgrey")
-    _box(ax, 0.55, middle, 1.0, 1.0, "“this movie\nwas not bad\nat all”", "white", fontsize=8.5, style="italic")
-    embedding = np.random.default_rng(0).uniform(-1, 1, (len(tokens), 5))
+    _box(ax, 0.55, middle, 1.0, 1.0, "“A moving\nfilm with a\nbrilliant cast”", "white", fontsize=8.5, style="italic")
+    rng = np.random.default_rng(0)
+    by_token = {token: rng.uniform(-1, 1, 5) for token in dict.fromkeys(tokens)}  # one vector per word
+    embedding = [by_token[token] for token in tokens]
     for y, token, token_id, vector in zip(rows, tokens, ids, embedding, strict=True):
         _box(ax, 1.6, y, 0.62, 0.3, token, "#eeeeee", fontsize=9)
         _box(ax, 2.35, y, 0.42, 0.3, str(token_id), "white", fontsize=9)

@@ -7,6 +7,7 @@ notebook's outputs are the full default run's; a run at the exercises' size (the
 every unsourced figure too, so that no sentence states a size, an accuracy or a best epoch that run contradicts.
 """
 
+import csv
 import json
 import os
 import re
@@ -23,7 +24,7 @@ EXERCISE_SIZE = dict(train_size=1500, valid_size=1000, test_size=2000, n_epochs=
 # Words that say where a sentence's figure comes from, other than the run in hand.
 SOURCES = ("full data", "full run", "committed run", "research record", "seeds", "exercises' runs",
            "exercises.yaml", "readme", "make bench", "the dataset", "bundled", "tutorials", "full-length",
-           "one-sentence", "the full", "authors'", "(rating", "standard error on 1,000", "sweep")
+           "one-sentence", "the full", "authors'", "(rating", "standard error on 1,000", "sweep", "route's timings")
 # Figures that are not results: years of citations, sections, exercises, list numbers, sizes in the code's names.
 # Hypotheticals ("should", "would") state no result either.
 NOT_A_FIGURE = re.compile(r"(?:(?:section|sections|exercise|exercises|step|steps|index|minute|epoch)s?\s+\d+"
@@ -168,9 +169,22 @@ def test_the_lessons_summary_quotes_the_seeds_records():
     cells = json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
     summary_cell = next("".join(c["source"]) for c in cells if "".join(c["source"]).startswith("## Summary"))
     text = " ".join(summary_cell.split())
-    assert (f"Over {words[len(runs)]} full-data seeds (research record, section 10), IMDB test accuracy: n-grams "
+    assert (f"Over {words[len(runs)]} full-data seeds (`research_record.ipynb`, section 10), IMDB test accuracy: "
+            f"n-grams "
             f"{mean['ngram']:.4f}, fitted in minutes, against the LSTM's {mean['lstm']:.4f} ({verdict} of seeds and "
             f"test set); the two "
             f"combined {mean['combined']:.4f}.") in text
     leads = [float(ood[k]["lstm_minus_ngram_points"]) for k in ("amazon", "yelp")]
     assert f"the LSTM leads the n-grams by {min(leads):.0f} to {max(leads):.0f} points" in text
+
+
+def test_the_routes_two_live_runs_take_the_seconds_route_times_csv_measured():
+    """The route's "Run all" times are the last measurement of sweeps/time_route.sh (pinned stack)."""
+    with open(REPO / "figures" / "route_times.csv", newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["stack"] == "pinned"]
+    latest = {r["run"]: r["seconds"] for r in rows}  # the later rows of each run win
+    first_cell = "".join(json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"][0]["source"])
+    route = " ".join(first_cell[first_cell.index("**The 50-minute route.**"):].split())
+    live = latest["class_live"]
+    assert f'"Run all" on the first (the route\'s timings, `figures/route_times.csv`: {live} s on two cores)' in route
+    assert f'then on the second ({latest["class_trained"]} s)' in route

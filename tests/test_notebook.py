@@ -136,7 +136,7 @@ def check_printed_metrics_are_the_saved_ones(metrics, notebook):
     assert header[0] == "test set"
     assert rows == [[name, f"{metrics['test_' + name]:.4f}"] for name in ("loss", "accuracy", "precision", "recall",
                                                                            "f1")]
-    header, rows = shown_table(notebook, "metrics.json (excerpt)")
+    header, rows = shown_table(notebook, "helpers.metrics_excerpt(metrics)")
     assert header[0] == "metrics.json (excerpt)"
     shown = dict(rows)
     assert len(shown) == len(rows), "a label shown twice"
@@ -512,6 +512,10 @@ def test_the_lesson_fits_a_class_a_route_optional_marks_and_folded_answers():
     markdown = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
     assert len(cells) <= 70 and sum(len(text.split()) for text in markdown) <= 4000
     assert "**The 50-minute route.**" in markdown[0]
+    # its stops follow one another from minute 0 to minute 50, with no gap and no overlap
+    stops = [(int(a), int(b)) for a, b in re.findall(r"^\| (\d+)–(\d+) \|", markdown[0], flags=re.M)]
+    assert stops[0][0] == 0 and stops[-1][1] == 50
+    assert all(b == next_a and a < b for (a, b), (next_a, _) in zip(stops, stops[1:], strict=False))
     for heading in ("## 8.", "## 9.", "## 10.", "### Why gates help", "### Two checks"):
         (text,) = (t[t.index(heading):] for t in markdown if re.search(f"^{re.escape(heading)}", t, flags=re.M))
         assert "(*optional" in text.splitlines()[0] or "(*run it; reading optional*)" in text, heading
@@ -568,3 +572,57 @@ def test_the_ngram_baseline_beats_chance_on_the_sample_test_reviews_which_flippe
     metrics = json.loads((sample_run[0] / "metrics.json").read_text())
     assert metrics["ngram_baseline"]["test_accuracy"] > 0.6
     assert metrics["ngram_baseline"]["valid_acc"] > 0.6
+
+
+def test_make_lab_serves_the_repository_so_that_the_lessons_links_to_figures_open():
+    """JupyterLab serves nothing above its root: with notebooks/ as the root, the lesson's ../figures/ images
+    were broken in class (issue 35's reading). The root is the repository, and every link stays inside it."""
+    recipe = subprocess.run(["make", "-n", "--no-print-directory", "lab"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.splitlines()[-1]
+    assert f'--ServerApp.root_dir="{REPO}"' in recipe and recipe.endswith("notebooks/sentiment_lstm.ipynb")
+    links = re.findall(r"\]\(([^)\s#]+)\)", NOTEBOOK.read_text(encoding="utf-8"))
+    assert links and all((NOTEBOOK.parent / link).resolve().is_relative_to(REPO) for link in links if "://" not in link)
+
+
+def test_make_class_prepares_the_routes_two_live_notebooks_with_their_parameters(tmp_path):
+    """Issue 35's readings: typing four sizes and a checkpoint path in class took minutes and invited mistakes.
+    `make class` injects them (papermill --prepare-only: nothing runs) into two copies students only "Run all"."""
+    stack = "pinned" if Path(sys.executable).parent.parent.name == ".venv" else "current"
+    teacher = tmp_path / "teacher checkpoint"
+    subprocess.run(["make", "--no-print-directory", "class", "NO_LAB=1", f"STACK={stack}",
+                    f"TEACHER_CHECKPOINT={teacher}"], cwd=REPO, capture_output=True, text=True, check=True)
+    sizes = {"train_size": 1500, "valid_size": 1000, "test_size": 2000}
+    for name, expected in (("class_live", dict(sizes, n_epochs=3)),
+                           ("class_trained", dict(sizes, n_epochs=0, init_checkpoint=str(teacher)))):
+        cells = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+        (injected,) = ("".join(c["source"]) for c in cells if "injected-parameters" in c["metadata"].get("tags", []))
+        space = {}
+        exec(injected, space)  # noqa: S102 (papermill's own assignments, written just now)
+        assert {k: v for k, v in space.items() if k != "__builtins__"} == expected, name
+
+
+@pytest.mark.notebook
+def test_ood_rescore_gives_a_runs_own_out_of_domain_logits_from_its_checkpoint(sample_run, ood_folder, tmp_path):
+    """Issue 34: seeds 6 to 9 ran without the sets, and sweeps/ood_rescore.py scored them afterwards. On a run that
+    scored the sets itself, stripped of them, it writes back the same arrays and accuracies."""
+    sys.path.insert(0, str(REPO / "sweeps"))
+    import ood_rescore
+
+    copy = tmp_path / "run"
+    shutil.copytree(sample_run[0], copy)
+    with np.load(copy / "logits.npz", allow_pickle=False) as saved:
+        own = {name: saved[name] for name in saved.files}
+    sets = [name for name in ("amazon", "yelp", "polarity") if f"{name}_lstm" in own]
+    assert sets
+    np.savez_compressed(copy / "logits.npz", **{k: v for k, v in own.items() if k.split("_")[0] not in sets})
+    metrics = json.loads((copy / "metrics.json").read_text())
+    ood_accuracies = metrics.pop("out_of_domain")
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    assert ood_rescore.main([str(copy), "--ood-data", str(ood_folder)]) == 0
+    with np.load(copy / "logits.npz", allow_pickle=False) as saved:
+        assert sorted(saved.files) == sorted(own)
+        for name in saved.files:
+            np.testing.assert_allclose(saved[name], own[name], rtol=0, atol=1e-5, err_msg=name)
+    assert json.loads((copy / "metrics.json").read_text())["out_of_domain"] == ood_accuracies
+    with pytest.raises(SystemExit, match="already holds"):  # a second pass writes nothing over them
+        ood_rescore.main([str(copy), "--ood-data", str(ood_folder)])
