@@ -2440,13 +2440,7 @@ def run_metrics(*, test, valid, history, stopper, interrupted, n_train_reviews, 
                      "ngram_weight": weights[1], "bias": float(combined["bias"]), "valid_acc": combined["valid_acc"],
                      "test_accuracy": combined["test"]["accuracy"], "test_loss": combined["test"]["loss"],
                      "test_f1": combined["test"]["f1"]},
-        "out_of_domain": {name: {"title": ood_sets[name].spec.title, "role": ood_sets[name].spec.role,
-                                 "file": ood_sets[name].spec.file, "sha256": ood_sets[name].sha256,
-                                 "n_reviews": len(scores["labels"]), **{
-                                     f"{model_name}_accuracy": float(np.mean((scores[model_name] >= 0)
-                                                                             == scores["labels"]))
-                                     for model_name in ("ngram", "lstm", "combined")}}
-                          for name, scores in ood_scores.items()},
+        "out_of_domain": out_of_domain_record(ood_sets, ood_scores),
         "pretraining_seconds": seconds["pretraining"],
         "analysis_seconds": seconds["analysis"],
         "peak_memory": peak_memory_mib(device),
@@ -2455,6 +2449,16 @@ def run_metrics(*, test, valid, history, stopper, interrupted, n_train_reviews, 
         "config": config,  # as saved with the final model
         "environment": environment_info(device),
     }
+
+
+def out_of_domain_record(ood_sets, ood_scores):
+    """metrics.json's "out_of_domain" entry: each set's source, checksum, size and the three models' accuracies."""
+    return {name: {"title": ood_sets[name].spec.title, "role": ood_sets[name].spec.role,
+                   "file": ood_sets[name].spec.file, "sha256": ood_sets[name].sha256,
+                   "n_reviews": len(scores["labels"]),
+                   **{f"{model}_accuracy": float(np.mean((scores[model] >= 0) == scores["labels"]))
+                      for model in ("ngram", "lstm", "combined")}}
+            for name, scores in ood_scores.items()}
 
 
 RUN_EXCERPT = {"test_accuracy": "test accuracy", "test_loss": "test loss", "best_epoch": "best epoch",

@@ -68,12 +68,7 @@ def add_to_run(run_dir, sets, scored):
         raise SystemExit(f"error: {run_dir / 'logits.npz'} already holds {', '.join(clash)}: nothing written")
     logits.update({f"{name}_{key}": scores[key] for name, scores in scored.items() for key in KEYS})
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    metrics["out_of_domain"] = {
-        name: {"title": sets[name].spec.title, "role": sets[name].spec.role, "file": sets[name].spec.file,
-               "sha256": sets[name].sha256, "n_reviews": len(scores["labels"]),
-               **{f"{model}_accuracy": float(np.mean((scores[model] >= 0) == scores["labels"]))
-                  for model in ("ngram", "lstm", "combined")}}
-        for name, scores in scored.items()}
+    metrics["out_of_domain"] = helpers.out_of_domain_record(sets, scored)
     metrics["out_of_domain_note"] = ("scored after the run from its saved checkpoint by sweeps/ood_rescore.py: "
                                      "the run had no out-of-domain sets")
     tmp = run_dir / ".logits.npz.tmp.npz"
