@@ -7,7 +7,14 @@
 #   STACK=current: .venv-current from requirements-current.lock: torch 2.13 (the CPU build where there is
 #     one), numpy 2, the newest of the rest, no torchtext (helpers.py's own tokenizer and vocabulary).
 #   e.g. `make test STACK=current`, `make lab STACK=current`, `make lock STACK=current`.
-STACK ?= pinned
+# Unset, STACK is the stack installed here: current where only .venv-current is (a class on the light install
+# types a plain `make class`), else pinned.
+ifeq ($(origin STACK),undefined)
+STACK := $(if $(wildcard .venv/.installed),pinned,$(if $(wildcard .venv-current/.installed),current,pinned))
+ifeq ($(STACK),current)
+$(info STACK=current: only .venv-current is installed here (STACK=pinned installs .venv))
+endif
+endif
 ifeq ($(STACK),pinned)
 # torch 2.3.1 (and so torchtext 0.18.0) has builds for Python 3.10 to 3.12 only. Use the first of
 # those that is installed, 3.11 first (the version the committed run used); PYTHON=... overrides.

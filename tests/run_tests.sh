@@ -40,15 +40,17 @@ if [ "$cores" -lt 2 ]; then
 fi
 threads=$(( cores / 2 ))
 log="$nbval/test_notebook.log"
-echo "== pytest, two at once with $threads torch thread(s) each: tests/test_notebook.py, test_lab.py and test_sweep_dask.py (output: $log, shown"
+echo "== pytest, two at once with $threads torch thread(s) each: tests/test_notebook.py, test_lab.py, test_sweep_dask.py and test_sweep.py (output: $log, shown"
 echo "   when it ends) and the rest (unit tests, papermill runs, nbval)"
 # The first process also takes the lab and the Dask sweeps: with test_notebook.py alone beside the rest, the
 # rest took 400 s and it 195 s (figures/test_times.csv, 9ac898d); at ec86a11 this split gave 349 s and 309 s.
 # Issue 33 then took work out of both, about as much from each: from the first, two of the three whole default
 # runs of the committed notebook, and four Dask scheduler and three worker starts (one scheduler for the module's
 # tcp tests, whose workers they share); from the rest, five of the eleven sample runs of the exercises' sweep.
+# Then tests/test_sweep.py moved to the first (issue 33, again): the rest held the exercise-size run of the lesson
+# on the real archive (about 180 s alone), and took 404 s beside the first's 283 s.
 # Each prints its ten slowest tests (--durations), to rebalance by.
-first=(tests/test_notebook.py tests/test_lab.py tests/test_sweep_dask.py)
+first=(tests/test_notebook.py tests/test_lab.py tests/test_sweep_dask.py tests/test_sweep.py)
 OMP_NUM_THREADS=$threads $bin/python -m pytest "${first[@]}" --durations=10 >"$log" 2>&1 &
 notebook_pid=$!
 status=0

@@ -108,7 +108,7 @@ def test_the_notebooks_init_checkpoint_refuses_a_crafted_checkpoint(tmp_path):
         papermill.execute_notebook(REPO / "notebooks" / "sentiment_lstm.ipynb", tmp_path / "out.ipynb",
                                    parameters=dict(use_sample=True, init_checkpoint=str(folder), n_epochs=0,
                                                    run_dir=str(tmp_path / "run")),
-                                   kernel_name=KERNEL, cwd=REPO, progress_bar=False)
+                                   kernel_name=KERNEL, cwd=REPO, progress_bar=False, request_save_on_cell_execute=False)
     assert not (tmp_path / "marker").exists()
 
 

@@ -393,7 +393,7 @@ def lab_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("lab") / "research_record.ipynb"
     start = time.perf_counter()
     papermill.execute_notebook(LAB, output, parameters={"save_plots": False}, kernel_name=KERNEL,
-                               cwd=REPO / "notebooks", progress_bar=False)
+                               cwd=REPO / "notebooks", progress_bar=False, request_save_on_cell_execute=False)
     return nbformat.read(output, as_version=4), time.perf_counter() - start
 
 

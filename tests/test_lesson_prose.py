@@ -126,6 +126,7 @@ def test_the_lessons_prose_holds_in_a_run_at_the_exercises_size(tmp_path):
         pytest.skip("the IMDB archive is not on this machine (IMDB_ARCHIVE, ../shared/data or data/)")
     output = tmp_path / "exercise.ipynb"
     papermill.execute_notebook(NOTEBOOK, output, kernel_name=KERNEL, cwd=REPO, progress_bar=False,
+                               request_save_on_cell_execute=False,
                                parameters=dict(EXERCISE_SIZE, imdb_archive=str(archive),
                                                run_dir=str(tmp_path / "run"), ig_steps=16))
     cells = json.loads(output.read_text(encoding="utf-8"))["cells"]

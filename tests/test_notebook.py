@@ -35,7 +35,7 @@ def execute(tmp_path, name, **parameters):
     parameters = dict(TINY, run_dir=str(run_dir), **parameters)
     output = tmp_path / f"{name}.ipynb"
     papermill.execute_notebook(NOTEBOOK, output, parameters=parameters, kernel_name=KERNEL, cwd=REPO,
-                               progress_bar=False)
+                               progress_bar=False, request_save_on_cell_execute=False)
     return run_dir, json.loads(output.read_text())
 
 
@@ -401,6 +401,7 @@ def test_a_bad_parameter_fails_before_any_data_is_read(tmp_path):
 def test_a_run_folder_that_holds_a_run_is_refused(sample_run, tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="already holds a run"):
         papermill.execute_notebook(NOTEBOOK, tmp_path / "out.ipynb", kernel_name=KERNEL, cwd=REPO, progress_bar=False,
+                                   request_save_on_cell_execute=False,
                                    parameters=dict(TINY, run_dir=str(sample_run[0])))
     assert (sample_run[0] / "metrics.json").exists()
 

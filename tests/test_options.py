@@ -78,6 +78,7 @@ def test_each_option_runs_end_to_end_on_the_sample_through_its_sweeps_edits(name
     notebook = sweep.edited_notebook(sweep_edits(name), tmp_path / "edited.ipynb")
     run_dir = tmp_path / "run"
     papermill.execute_notebook(notebook, tmp_path / "out.ipynb", kernel_name=KERNEL, cwd=REPO, progress_bar=False,
+                               request_save_on_cell_execute=False,
                                parameters=dict(TINY, run_dir=str(run_dir)))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["test_accuracy"] <= 1

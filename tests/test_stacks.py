@@ -221,3 +221,37 @@ def test_build_vocab_and_numericalize_agree_on_both_paths(torchtext_api, sample_
         assert isinstance(vocab, helpers._Vocab) != use_torchtext
         ids[use_torchtext] = [helpers.numericalize(tokens, vocab, 200).tolist() for tokens in sample_tokens]
     assert ids[True] == ids[False]
+
+
+@pytest.mark.parametrize("installed, expected", [((), ".venv"), ((".venv",), ".venv"),
+                                                 ((".venv-current",), ".venv-current"),
+                                                 ((".venv", ".venv-current"), ".venv")])
+def test_make_without_stack_uses_the_stack_installed_here(tmp_path, installed, expected):
+    """Issue 35's readings: a class on the light install (.venv-current only) typed a plain `make class` and
+    started the 5.7 GB pinned install. Unset, STACK is current where only .venv-current is installed."""
+    import shutil
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    for lock in ("requirements.lock", "requirements-current.lock"):
+        (tmp_path / lock).write_text("")
+    for venv in installed:
+        (tmp_path / venv).mkdir()
+        (tmp_path / venv / ".installed").write_text("")  # newer than the lock files: nothing to install
+    env = {k: v for k, v in os.environ.items() if k not in ("STACK", "MAKEFLAGS", "MAKELEVEL")}
+    dry_run = subprocess.run(["make", "--no-print-directory", "-n", "lint"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True)
+    assert f"{expected}/bin/ruff check" in dry_run.stdout, dry_run.stdout + dry_run.stderr
+    assert ("STACK=current" in dry_run.stdout) == (expected == ".venv-current")
+    explicit = subprocess.run(["make", "--no-print-directory", "-n", "lint", "STACK=pinned"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)
+    assert ".venv/bin/ruff check" in explicit.stdout
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-current.lock"])
+def test_the_locks_leave_out_rfc3987_syntax_which_builds_a_parser_at_import(lock):
+    """Issue 33: jsonschema 4.25 brought rfc3987-syntax into its format-nongpl extra, and importing it (as every
+    process that imports nbformat does: papermill, pytest, JupyterLab) took 2.1 of papermill's 2.7 s of imports
+    (python -X importtime). requirements*.txt keep jsonschema below 4.25."""
+    text = (REPO / lock).read_text(encoding="utf-8")
+    assert "\njsonschema==4.24." in text
+    assert "\nrfc3987-syntax==" not in text and "\nlark==" not in text
