@@ -2513,7 +2513,7 @@ def _box(ax, x, y, w, h, text="", fill="white", fontsize=11, **text_style):
 
 
 def _circle(ax, x, y, text, radius=0.3):
-    """A point-wise operation: a small circle with ⊙, × or + in it."""
+    """A point-wise operation: a small circle with ⊙ or + in it."""
     from matplotlib.patches import Circle
 
     ax.add_patch(Circle((x, y), radius, facecolor=YELLOW, edgecolor="black", linewidth=1.0, zorder=2))
@@ -2543,7 +2543,7 @@ def plot_lstm_cell(path=None):
         _arrow(ax, start, end, color=BLUE, width=2.5)
     ax.text(0.2, 7.3, "$c_{t-1}$", fontsize=12, color=BLUE)
     ax.text(12.7, 7.0, "$c_t$", fontsize=12, color=BLUE, va="center")
-    _circle(ax, 2.8, 7.0, r"$\times$")
+    _circle(ax, 2.8, 7.0, r"$\odot$")  # feature by feature, as every product in the cell (not a matrix product)
     _circle(ax, 5.3, 7.0, "$+$")
     # The inputs: h_{t-1} from the left and x_t from below, joined into one vector that feeds every gate.
     ax.plot([0.2, 8.0], [1.7, 1.7], color="black", linewidth=1.3, zorder=1)
@@ -2575,8 +2575,8 @@ def plot_lstm_cell(path=None):
     _circle(ax, 9.6, 3.4, r"$\odot$")
     _arrow(ax, (9.9, 3.4), (12.6, 3.4), color=VERMILLION, width=2.0)
     ax.text(12.7, 3.4, "$h_t$", fontsize=12, color=VERMILLION, va="center")
-    equations = (("forget gate", r"$f_t = \sigma(W_f[x_t, h_{t-1}] + b_f)$"),
-                 ("input gate", r"$i_t = \sigma(W_i[x_t, h_{t-1}] + b_i)$"),
+    equations = (("input gate", r"$i_t = \sigma(W_i[x_t, h_{t-1}] + b_i)$"),  # the lesson's order, and PyTorch's
+                 ("forget gate", r"$f_t = \sigma(W_f[x_t, h_{t-1}] + b_f)$"),
                  ("candidate", r"$g_t = \tanh(W_g[x_t, h_{t-1}] + b_g)$"),
                  ("output gate", r"$o_t = \sigma(W_o[x_t, h_{t-1}] + b_o)$"),
                  ("new cell state", r"$c_t = f_t \odot c_{t-1} + i_t \odot g_t$"),

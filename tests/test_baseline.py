@@ -82,6 +82,7 @@ def run_the_combination_cell(valid_lstm, valid_ngram, valid_labels, test_lstm, t
         "test_metrics": {"accuracy": 0.5}, "pretraining_seconds": 1.0, "training_seconds": 1.0,
         "baseline_n_features": 2, "print": lambda *args: None, "checkpoint_dir": None, "init_checkpoint": "",
         "n_epochs": 1, "valid_tokens": [["a"]] * len(valid_labels), "test_tokens": [["a"]] * len(test_labels),
+        "reuse_ngrams": False, "history": {"epoch": [1]},
     }
     exec(cell_containing("combiner = LogisticRegression("), space)  # noqa: S102 - the notebook's own cell
     return space
