@@ -61,6 +61,6 @@ wait "$notebook_pid" || notebook_status=$?
 echo "== pytest ${first[*]}"
 cat "$log"
 if [ "$status" -ne 0 ] || [ "$notebook_status" -ne 0 ]; then
-    echo "FAILED: the rest exited with $status, tests/test_notebook.py with $notebook_status"
+    echo "FAILED: the rest exited with $status, ${first[*]} with $notebook_status"
     exit 1
 fi

@@ -223,6 +223,7 @@ def test_build_vocab_and_numericalize_agree_on_both_paths(torchtext_api, sample_
     assert ids[True] == ids[False]
 
 
+@pytest.mark.slow  # two make processes each, 1 to 5 s
 @pytest.mark.parametrize("installed, expected", [((), ".venv"), ((".venv",), ".venv"),
                                                  ((".venv-current",), ".venv-current"),
                                                  ((".venv", ".venv-current"), ".venv")])

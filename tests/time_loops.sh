@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stack=${1:-pinned}
-out_csv=$PWD/${2:-figures/test_times.csv}
+out_csv=${2:-figures/test_times.csv}
+[[ $out_csv = /* ]] || out_csv=$PWD/$out_csv
 venv=$([ "$stack" = current ] && echo .venv-current || echo .venv)
 test -f "$venv/.installed" || { echo "build $venv first: make install STACK=$stack"; exit 1; }
 work=$(mktemp -d)
