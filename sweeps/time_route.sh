@@ -4,6 +4,7 @@
 # both, as a student's kernel runs them (from notebooks/, the cache filled by an earlier run, nothing else
 # running), and appends the wall times to figures/route_times.csv.
 # Not a test: it measures. Usage: bash sweeps/time_route.sh [TEACHER_CHECKPOINT] [STACK]
+# KEEP=folder keeps the two executed notebooks there (for a reading of the route), else they are deleted.
 set -euo pipefail
 export JUPYTER_PREFER_ENV_PATH=1  # the kernel sentiment-lstm of that venv
 cd "$(dirname "$0")/.."
@@ -24,4 +25,5 @@ for run in class_live class_trained; do
         > "$scratch/$run.log" 2>&1) || { tail -20 "$scratch/$run.log"; exit 1; }
     seconds=$(echo "$(date +%s.%N) - $start" | bc)
     echo "$run,$(printf '%.0f' "$seconds"),$cpu,$(nproc),$stack,$(git rev-parse --short HEAD)" | tee -a "$out"
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$scratch/$run.ipynb" "$KEEP/"; fi
 done

@@ -343,6 +343,9 @@ def test_reloading_the_checkpoint_reproduces_the_predictions(sample_run, tmp_pat
     _, rows = shown_table(notebook, "LSTM minus n-gram baseline")
     assert [row[2] for row in rows] == ["loaded", "loaded", "both"]
     assert "key: clipped" not in printed_text(notebook, "history, stopper, interrupted = fit(")  # no epoch, no log
+    # the split's sizes print beside a model that learnt elsewhere: the loading line says so (issue 35's readers)
+    loading = printed_text(notebook, "init_state, vocab, checkpoint_config = helpers.load_checkpoint(")
+    assert "its models learnt from the run that saved them, not from the training reviews above" in loading
     # The record holds the configuration the model really had, not the ignored parameter.
     assert reloaded["config"]["model"]["hidden_dim"] == 16 and reloaded["config"]["max_length"] == 200
     assert reloaded["config"] == first["config"]

@@ -16,14 +16,31 @@ ln -s "$PWD/$venv" "$work/clone/$venv"
 ln -s "$PWD/../shared" "$work/shared" 2>/dev/null || true  # the out-of-domain sets, where the tests use them
 touch "$venv/.installed"  # newer than the clone's lock file: make does not reinstall
 cd "$work/clone"
-test -f "$out_csv" || echo "stack,target,seconds,tests,commit" > "$out_csv"
+test -f "$out_csv" || echo "stack,target,seconds,tests,commit,probe_seconds" > "$out_csv"
+# The machine's own speed, since machines of one name differ from session to session (an AMD EPYC ran the same
+# suite 1.5 times slower than another): one thread, a fixed LSTM forward and backward, alone. Compare suite
+# times only beside it.
+probe=$("$venv/bin/python" - <<'PROBE'
+import time
+import torch
+torch.set_num_threads(1)
+torch.manual_seed(0)
+lstm, x = torch.nn.LSTM(64, 64, batch_first=True), torch.randn(32, 200, 64)
+lstm(x)[0].sum().backward()  # warm-up
+start = time.perf_counter()
+for _ in range(10):
+    lstm(x)[0].sum().backward()
+print(f"{time.perf_counter() - start:.2f}")
+PROBE
+)
+echo "probe: $probe s (one thread, ten LSTM forward and backward passes)"
 for target in check test; do
     start=$(date +%s.%N)
     make "$target" STACK="$stack" > "$work/$target.log" 2>&1 || true
     seconds=$(echo "$(date +%s.%N) - $start" | bc)
     summary=$(grep -E "^(=+ )?[0-9]+ (passed|failed).* in [0-9.]+s" "$work/$target.log" | sed 's/=//g; s/^ *//; s/ *$//' \
         | paste -sd ';' - || true)
-    echo "$stack,$target,$seconds,\"$summary\",$(git rev-parse --short HEAD)" | tee -a "$out_csv"
+    echo "$stack,$target,$seconds,\"$summary\",$(git rev-parse --short HEAD),$probe" | tee -a "$out_csv"
     grep -E "^FAILED|^Error|error:" "$work/$target.log" | head -20 || true
     cp "$work/$target.log" "${LOOP_LOGS:-/tmp}/time_loops_${stack}_${target}.log"
 done
